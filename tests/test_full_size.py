@@ -1,0 +1,48 @@
+"""Full-size VGG16 (138 M parameters, ~553 MB) end to end: generate, convert, verify, inspect.
+
+Marked slow (about half a minute); `make test` runs it, as CI does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fixtures.generate import FULL, write_checkpoint
+from vggfcn.api import convert_file, inspect_file, verify_files
+from vggfcn.convert import to_fcn
+from vggfcn.formats import load
+from vggfcn.selfcheck import fc6_read_as_chw
+from vggfcn.verify import verify
+
+pytestmark = pytest.mark.slow
+
+#: Parameter count of keras.applications.VGG16 (include_top=True), a public figure.
+VGG16_PARAMETERS = 138_357_544
+
+
+@pytest.fixture(scope="module")
+def full_keras1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("full") / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+    write_checkpoint(path, "keras1", FULL, seed=0)
+    return path
+
+
+def test_full_size_convert_and_verify(full_keras1: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vgg16.fcn.safetensors"
+    result = convert_file(str(full_keras1), str(out))
+    assert result.fc6_shape == (7, 7, 512, 4096)
+    assert result.parameters == VGG16_PARAMETERS
+    assert result.bytes_written == pytest.approx(VGG16_PARAMETERS * 4, abs=8192)
+    report = verify_files(str(full_keras1), str(out))
+    assert report.passed and report.classes == 1000
+    assert report.top1_agreement == 1.0
+    info = inspect_file(str(out))
+    assert info["parameters"] == VGG16_PARAMETERS and info["arch"] == "vgg16"
+
+
+def test_full_size_wrong_flatten_order_fails(full_keras1: Path) -> None:
+    with load(str(full_keras1)) as classifier:
+        report = verify(classifier, fc6_read_as_chw(to_fcn(classifier)), images=1)
+    assert not report.passed

@@ -1,0 +1,164 @@
+"""The Keras HDF5 reader: every generation yields the same canonical weights, or a clear error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fixtures.generate import GENERATIONS, TINY
+from tests.conftest import read_all
+from vggfcn.arch import Arch
+from vggfcn.errors import ArchitectureError, FormatError
+from vggfcn.formats import load
+from vggfcn.synthetic import random_layers
+
+ARCH = Arch.from_blocks("vgg16", TINY.convs, TINY.fc, TINY.classes)
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_every_generation_reads_to_the_generated_weights(
+    tiny_files: dict[str, Path], generation: str
+) -> None:
+    weights, tensors = read_all(tiny_files[generation])
+    assert weights.arch == ARCH
+    assert weights.source.generation == generation
+    assert not weights.convolutional_head
+    expected = random_layers(ARCH, seed=0)
+    assert [layer.name for layer in weights.layers] == [name for name, _, _ in expected]
+    for name, kernel, bias in expected:
+        np.testing.assert_array_equal(tensors[f"{name}.kernel"], kernel)
+        np.testing.assert_array_equal(tensors[f"{name}.bias"], bias)
+
+
+@pytest.mark.parametrize(
+    ("generation", "softmax"),
+    [
+        ("keras1", None),
+        ("keras2", None),
+        ("keras2-model", True),
+        ("keras3-h5", True),
+        ("keras3-weights", None),
+    ],
+)
+def test_softmax_is_read_from_the_model_config_when_present(
+    tiny_files: dict[str, Path], generation: str, softmax: bool | None
+) -> None:
+    with load(str(tiny_files[generation])) as w:
+        assert w.source.softmax is softmax
+
+
+@pytest.mark.parametrize("generation", ["keras2", "keras2-model"])
+def test_chunked_layer_names(make_file: Callable[..., Path], generation: str) -> None:
+    path = make_file(generation, chunk_layer_names=True)
+    with h5py.File(path) as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        assert "layer_names" not in root.attrs and "layer_names1" in root.attrs
+    weights, _ = read_all(path)
+    assert weights.arch == ARCH
+
+
+def test_layer_order_comes_from_attributes_not_listing(keras1: Path, tmp_path: Path) -> None:
+    """h5py lists groups alphabetically; only `layer_names` decides the order we use."""
+    path = tmp_path / "shuffled.h5"
+    path.write_bytes(keras1.read_bytes())
+    with h5py.File(path, "r+") as f:
+        names = list(f.attrs["layer_names"])
+        convs = [n for n in names if b"conv" in n]
+        swapped = [convs[1] if n == convs[0] else convs[0] if n == convs[1] else n for n in names]
+        f.attrs["layer_names"] = np.array(swapped)
+    # block1_conv1 (3 -> 4) now stands second, where a 4 -> 4 kernel belongs.
+    with pytest.raises(
+        ArchitectureError,
+        match=r"block1_conv1 kernel has shape \(3, 3, 3, 4\), expected \(3, 3, 4, 4\)",
+    ):
+        read_all(path)
+
+
+def test_notop_file_says_there_is_no_head(make_file: Callable[..., Path]) -> None:
+    with pytest.raises(ArchitectureError, match="notop"):
+        read_all(make_file("keras1", top=False))
+
+
+def test_wrong_shapes_are_all_reported_at_once(keras1: Path, tmp_path: Path) -> None:
+    path = tmp_path / "bad.h5"
+    path.write_bytes(keras1.read_bytes())
+    with h5py.File(path, "r+") as f:
+        w = f["fc1/fc1_W_1:0"][()]
+        del f["fc1/fc1_W_1:0"]
+        f["fc1"].create_dataset("fc1_W_1:0", data=w.T)  # transposed
+        b = f["block3_conv2/block3_conv2_b_1:0"][()]
+        del f["block3_conv2/block3_conv2_b_1:0"]
+        f["block3_conv2"].create_dataset("block3_conv2_b_1:0", data=b[:-1])
+    with pytest.raises(ArchitectureError) as err:
+        read_all(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "fc1 kernel has shape (32, 784), expected (784, 32)" in message
+    assert "block3_conv2 bias" in message
+
+
+def test_missing_dataset_names_the_path(keras1: Path, tmp_path: Path) -> None:
+    path = tmp_path / "missing.h5"
+    path.write_bytes(keras1.read_bytes())
+    with h5py.File(path, "r+") as f:
+        del f["fc2/fc2_b_1:0"]
+    with pytest.raises(FormatError, match=r"/fc2/fc2_b_1:0 is missing"):
+        read_all(path)
+
+
+def test_links_to_other_files_are_refused_without_opening_them(
+    keras1: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "linked.h5"
+    path.write_bytes(keras1.read_bytes())
+    with h5py.File(path, "r+") as f:
+        del f["fc1"]
+        f["fc1"] = h5py.ExternalLink(str(tmp_path / "does-not-exist.h5"), "/fc1")
+    with pytest.raises(FormatError, match="fc1 is an external link; refused"):
+        read_all(path)
+
+
+def test_soft_links_are_refused(keras1: Path, tmp_path: Path) -> None:
+    path = tmp_path / "soft.h5"
+    path.write_bytes(keras1.read_bytes())
+    with h5py.File(path, "r+") as f:
+        f["alias"] = f["fc2"]
+        del f["fc2"]
+        f["fc2"] = h5py.SoftLink("/alias")
+    with pytest.raises(FormatError, match="fc2 is a soft link"):
+        read_all(path)
+
+
+def test_hdf5_without_keras_structure(tmp_path: Path) -> None:
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(FormatError, match="without Keras weights"):
+        read_all(path)
+
+
+def test_integer_weights_are_refused_by_name(keras1: Path, tmp_path: Path) -> None:
+    path = tmp_path / "int.h5"
+    path.write_bytes(keras1.read_bytes())
+    with h5py.File(path, "r+") as f:
+        del f["fc2/fc2_b_1:0"]
+        f["fc2"].create_dataset("fc2_b_1:0", data=np.zeros(32, np.int32))
+    with pytest.raises(FormatError, match=r"fc2_b_1:0: dtype int32 is not a float type"):
+        read_all(path)
+
+
+def test_float64_and_big_endian_weights_read_as_float32(keras1: Path, tmp_path: Path) -> None:
+    path = tmp_path / "f64.h5"
+    path.write_bytes(keras1.read_bytes())
+    with h5py.File(path, "r+") as f:
+        k = f["fc2/fc2_W_1:0"][()]
+        del f["fc2/fc2_W_1:0"]
+        f["fc2"].create_dataset("fc2_W_1:0", data=k.astype(">f8"))
+    _, tensors = read_all(path)
+    _, reference = read_all(keras1)
+    assert tensors["fc7.kernel"].dtype == np.float32  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(tensors["fc7.kernel"], reference["fc7.kernel"])

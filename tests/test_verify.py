@@ -1,0 +1,97 @@
+"""verify: a right conversion passes for every generation; a wrong one fails; the rule is exact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.generate import GENERATIONS
+from vggfcn import forward, selfcheck
+from vggfcn.api import convert_file, verify_files
+from vggfcn.arch import Arch
+from vggfcn.convert import to_fcn
+from vggfcn.errors import ArchitectureError
+from vggfcn.selfcheck import fc6_read_as_chw
+from vggfcn.synthetic import random_classifier
+from vggfcn.verify import sample_images, verify
+from vggfcn.weights import Layer, Tensor
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+def test_convert_then_verify_passes_for_every_generation(
+    tiny_files: dict[str, Path], tmp_path: Path, generation: str
+) -> None:
+    out = tmp_path / "fcn.safetensors"
+    convert_file(str(tiny_files[generation]), str(out))
+    report = verify_files(str(tiny_files[generation]), str(out), images=3)
+    assert report.passed
+    assert report.max_scaled_error < 1e-5  # float rounding only, far inside the 1e-4 tolerance
+    assert report.top1_agreement == 1.0 and report.top5_agreement == 1.0
+    assert report.images == 3
+
+
+def test_channels_first_fc6_is_caught() -> None:
+    classifier = random_classifier(seed=1)
+    report = verify(classifier, fc6_read_as_chw(to_fcn(classifier)))
+    assert not report.passed
+    assert report.max_scaled_error > 1e-2
+
+
+def test_tolerance_rule_is_scaled_by_the_logits() -> None:
+    """|fcn - ref| <= atol*max(1, max|ref|) + rtol*|ref|: shifting the FCN's fc8 bias by d moves
+    every logit by exactly d, so the verdict flips where the rule says it should."""
+    classifier = random_classifier(seed=3)
+    fcn = to_fcn(classifier)
+    ref = forward.logits(classifier, sample_images(2, 0))
+    scale = max(1.0, float(np.abs(ref).max()))
+    fc8 = fcn.head[2]
+
+    def shifted(d: float) -> bool:
+        bias = fc8.bias.read() + np.float32(d)
+        broken = replace(
+            fcn, head=(*fcn.head[:2], Layer("fc8", fc8.kernel, Tensor.wrap(bias, "b"), "fc8"))
+        )
+        return verify(classifier, broken, atol=1e-3, rtol=0.0).passed
+
+    assert shifted(0.5e-3 * scale)
+    assert not shifted(2e-3 * scale)
+
+
+def test_original_and_converted_must_be_the_same_network() -> None:
+    a = random_classifier(seed=0)
+    other = Arch.from_blocks("vgg16", (4, 8, 8, 16, 16), (32, 32), 7)
+    b = to_fcn(random_classifier(other))
+    with pytest.raises(ArchitectureError, match="converted network is vgg16"):
+        verify(a, b)
+    with pytest.raises(ArchitectureError, match="original classifier first"):
+        verify(to_fcn(a), a)
+
+
+def test_verify_reads_the_converted_file_not_the_original(keras1: Path, tmp_path: Path) -> None:
+    """Change one float (a class bias) inside the converted file: verify must notice."""
+    out = tmp_path / "fcn.safetensors"
+    convert_file(str(keras1), str(out))
+    data = bytearray(out.read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    begin = header_end + json.loads(data[8:header_end])["fc8.bias"]["data_offsets"][0]
+    data[begin : begin + 4] = np.float32(50.0).tobytes()
+    out.write_bytes(bytes(data))
+    assert not verify_files(str(keras1), str(out)).passed
+
+
+def test_selfcheck_passes_and_each_check_can_fail() -> None:
+    checks = selfcheck.run()
+    assert [c.passed for c in checks] == [True] * 4
+    assert {c.name for c in checks} >= {"seed example: dense == 1x1 conv", "conv2d == direct loop"}
+
+
+def test_sample_images_are_deterministic() -> None:
+    np.testing.assert_array_equal(sample_images(2, 7), sample_images(2, 7))
+    assert not np.array_equal(sample_images(1, 7), sample_images(1, 8))
+    x = sample_images(1, 0)
+    assert x.shape == (1, 224, 224, 3) and x.dtype == np.float32
+    assert -128 <= x.min() and x.max() <= 128

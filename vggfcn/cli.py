@@ -1,0 +1,196 @@
+"""The `vggfcn` command line: the only module that prints or chooses an exit code.
+
+stdout carries the result and nothing else (a summary, a report, or one JSON object); progress
+and errors go to stderr. Every error a user can cause is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from . import __version__, api, selfcheck
+from .errors import ExitCode, VggfcnError
+from .verify import ATOL, RTOL, VerifyReport
+
+
+class _Group(click.Group):
+    """Maps our exceptions to one stderr line and their exit code, for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VggfcnError as e:
+            click.echo(f"vggfcn: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("vggfcn: interrupted", err=True)
+            ctx.exit(ExitCode.INTERRUPTED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vggfcn")
+def main() -> None:
+    """Turn VGG classifiers into fully-convolutional networks, and prove them exact.
+
+    \b
+    Exit codes: 0 success, 1 verification mismatch, 2 bad input or usage, 130 interrupted.
+    """
+
+
+_quiet = click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+_json = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+
+
+@main.command()
+@click.argument("source", type=click.Path(dir_okay=True))
+@click.argument("output", type=click.Path())
+@click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists (atomically).")
+@_quiet
+@_json
+def convert(source: str, output: str, force: bool, quiet: bool, as_json: bool) -> None:
+    """Convert a VGG classifier checkpoint SOURCE into a fully-convolutional OUTPUT.
+
+    SOURCE is a Keras HDF5 file (any generation); OUTPUT is written as safetensors, HWIO
+    kernels: fc6 becomes a 7x7 convolution, fc7 and fc8 1x1 convolutions.
+
+    \b
+    Example:
+      vggfcn convert vgg16_weights_tf_dim_ordering_tf_kernels.h5 vgg16.fcn.safetensors
+    """
+    result = api.convert_file(source, output, force=force, progress=_show_progress(quiet))
+    if as_json:
+        click.echo(json.dumps(asdict(result)))
+    elif not quiet:
+        click.echo(
+            f"wrote {result.output}: {result.arch} fully convolutional, {result.classes} classes, "
+            f"{result.parameters:,} parameters, fc6 as {result.fc6_shape} HWIO"
+        )
+
+
+@main.command()
+@click.argument("original", required=False, type=click.Path())
+@click.argument("converted", required=False, type=click.Path())
+@click.option(
+    "--images",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Number of deterministic 224x224 inputs.",
+)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Input seed.")
+@click.option(
+    "--atol",
+    default=ATOL,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Tolerance relative to the logit scale max(1, max|logit|).",
+)
+@click.option(
+    "--rtol",
+    default=RTOL,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Tolerance relative to each logit.",
+)
+@_quiet
+@_json
+def verify(
+    original: str | None,
+    converted: str | None,
+    images: int,
+    seed: int,
+    atol: float,
+    rtol: float,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Prove CONVERTED computes what ORIGINAL computes, with a NumPy forward pass of both.
+
+    Exit 0 when every logit agrees within tolerance, 1 when not. With no arguments, run a
+    self-check of this installation (seed example, convolution, a tiny VGG16).
+
+    \b
+    Examples:
+      vggfcn verify vgg16.h5 vgg16.fcn.safetensors
+      vggfcn verify
+    """
+    if original is None:
+        _selfcheck(quiet, as_json)
+        return
+    if converted is None:
+        raise click.UsageError("give both ORIGINAL and CONVERTED, or neither for the self-check")
+    report = api.verify_files(original, converted, images=images, seed=seed, atol=atol, rtol=rtol)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    elif not quiet:
+        click.echo(_format_report(report))
+    if not report.passed:
+        click.get_current_context().exit(ExitCode.MISMATCH)
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@_json
+def inspect(file: str, as_json: bool) -> None:
+    """Show what a checkpoint FILE holds: format, architecture, layers, parameters.
+
+    \b
+    Example:
+      vggfcn inspect vgg16.h5
+    """
+    info = api.inspect_file(file)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(
+        f"{info['file']}: {info['format']} ({info['generation']}), {info['arch']}, "
+        f"{info['head']} head, {info['classes']} classes, {info['parameters']:,} parameters\n"
+        f"layout {info['layout']}, flatten order {info['flatten_order']}, "
+        f"softmax in file: {info['softmax']}"
+    )
+    rows: list[dict[str, Any]] = info["layers"]  # type: ignore[assignment]
+    for row in rows:
+        shape = "x".join(map(str, row["kernel_shape"]))
+        click.echo(
+            f"  {row['name']:<14} {row['kind']:<8} {shape:<18} {row['dtype']:<8} "
+            f"{row['parameters']:>12,}  ({row['file_name']})"
+        )
+
+
+def _selfcheck(quiet: bool, as_json: bool) -> None:
+    checks = selfcheck.run()
+    passed = all(c.passed for c in checks)
+    if as_json:
+        click.echo(json.dumps({"passed": passed, "checks": [asdict(c) for c in checks]}))
+    elif not quiet:
+        for c in checks:
+            click.echo(f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
+        click.echo("PASS" if passed else "FAIL")
+    if not passed:
+        click.get_current_context().exit(ExitCode.MISMATCH)
+
+
+def _format_report(r: VerifyReport) -> str:
+    n = r.images
+    return "\n".join(
+        [
+            f"{r.arch}, {r.classes} classes: {n} image(s) {r.size}x{r.size}, seed {r.seed}",
+            f"  max abs error     {r.max_abs_error:.3e}",
+            f"  max scaled error  {r.max_scaled_error:.3e}  "
+            f"(scale max(1, max|logit|) = {r.scale:.4g})",
+            f"  top-1 agreement   {round(r.top1_agreement * n)}/{n}",
+            f"  top-5 agreement   {round(r.top5_agreement * n)}/{n}",
+            f"  tolerance         |fcn - ref| <= {r.atol:g}*scale + {r.rtol:g}*|ref|",
+            f"  compared          logits (softmax in original file: {r.softmax})",
+            "PASS" if r.passed else "FAIL: outputs differ beyond tolerance",
+        ]
+    )
+
+
+def _show_progress(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()

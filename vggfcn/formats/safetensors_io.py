@@ -1,0 +1,167 @@
+"""safetensors, read and written by us: a validated reader and a streaming, deterministic writer.
+
+Why not `safetensors.numpy`: `save_file` needs every tensor in memory at once and writes
+`__metadata__` in hash-map order (two identical conversions can differ byte for byte), and the
+library accepts duplicate tensor names. The format is simple enough to own: an 8-byte
+little-endian header length N, N bytes of JSON, then the data buffer in C order.
+For tensors of one dtype our bytes equal what `save_file` writes: entries ordered by name,
+compact JSON, header padded with spaces to a multiple of 8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ..errors import FormatError
+from ..weights import Tensor
+from .detect import SAFETENSORS_MAX_HEADER
+
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "F64": np.dtype("<f8"),
+}
+#: Bytes handed to the OS per write: large enough for full disk speed, small enough for memory.
+BLOCK_BYTES = 16 << 20
+
+
+def header_bytes(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> bytes:
+    """The length prefix and JSON header for float32 tensors stored in name order."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    offset = 0
+    for name in sorted(shapes):
+        shape = shapes[name]
+        end = offset + int(np.prod(shape, dtype=np.int64)) * 4
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, end]}
+        offset = end
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def write(
+    f: BinaryIO,
+    tensors: Mapping[str, Tensor],
+    metadata: Mapping[str, str],
+    progress: Callable[[int], object] = lambda _n: None,
+) -> None:
+    """Stream `tensors` (as float32) into `f`, one bounded block at a time.
+
+    Args:
+        f: a binary file open for writing, positioned at 0.
+        tensors: output name -> lazy tensor; written in name order.
+        metadata: flat str -> str map stored as `__metadata__` (sorted, so output is reproducible).
+        progress: called with the number of data bytes after each block.
+    """
+    f.write(header_bytes({n: t.shape for n, t in tensors.items()}, metadata))
+    for name in sorted(tensors):
+        for block in tensors[name].blocks(BLOCK_BYTES):
+            f.write(block.data)
+            progress(block.nbytes)
+
+
+def read_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Parse and validate a safetensors header ourselves before trusting any of it.
+
+    Returns:
+        (entries, metadata, data_start): name -> {"dtype", "shape", "data_offsets"}, the
+        `__metadata__` map, and the file offset where the data buffer begins.
+    Raises:
+        FormatError: truncated file, oversized or invalid header, duplicate names, unknown
+        dtypes, offsets that overlap, leave gaps, or do not cover the file exactly.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise FormatError(f"{path}: truncated safetensors file (no header length)")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > SAFETENSORS_MAX_HEADER or n > size - 8:
+            raise FormatError(f"{path}: safetensors header of {n} bytes does not fit the file")
+        raw = f.read(n)
+    try:
+        pairs = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: invalid safetensors header ({e})") from None
+    if not isinstance(pairs, dict):
+        raise FormatError(f"{path}: safetensors header is not a JSON object")
+    metadata = pairs.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise FormatError(f"{path}: safetensors __metadata__ must map strings to strings")
+    data_start = 8 + n
+    spans = []
+    for name, entry in pairs.items():
+        _check_entry(path, name, entry)
+        spans.append((entry["data_offsets"][0], entry["data_offsets"][1], name))
+    spans.sort()
+    position = 0
+    for begin, end, name in spans:
+        if begin != position:
+            what = "overlaps the previous tensor" if begin < position else "leaves a gap"
+            raise FormatError(f"{path}: tensor {name} {what} (offset {begin}, expected {position})")
+        position = end
+    if data_start + position != size:
+        raise FormatError(
+            f"{path}: data buffer is {size - data_start} bytes but the header describes "
+            f"{position} (truncated or trailing bytes)"
+        )
+    return pairs, metadata, data_start
+
+
+def open_tensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Memory-map every tensor of a validated safetensors file (nothing is read yet)."""
+    entries, metadata, data_start = read_header(path)
+    tensors: dict[str, Tensor] = {}
+    if not entries:
+        return tensors, metadata
+    buffer = np.memmap(path, dtype=np.uint8, mode="r")
+    for name, entry in entries.items():
+        begin, end = entry["data_offsets"]
+        view = buffer[data_start + begin : data_start + end].view(_DTYPES[entry["dtype"]])
+        shape = tuple(entry["shape"])
+        tensors[name] = Tensor.wrap(view.reshape(shape), f"{path}:{name}")
+    return tensors, metadata
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate name {key!r}")
+        out[key] = value
+    return out
+
+
+def _check_entry(path: str, name: str, entry: Any) -> None:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise FormatError(f"{path}: tensor {name}: entry must have dtype, shape, data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in _DTYPES:
+        raise FormatError(
+            f"{path}: tensor {name} has dtype {dtype}; expected one of {list(_DTYPES)}"
+        )
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise FormatError(f"{path}: tensor {name} has an invalid shape {shape!r}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(o) is int and o >= 0 for o in offsets)
+        and offsets[0] <= offsets[1]
+    ):
+        raise FormatError(f"{path}: tensor {name} has invalid data_offsets {offsets!r}")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        raise FormatError(
+            f"{path}: tensor {name} of shape {shape} needs {nbytes} bytes, "
+            f"its offsets span {offsets[1] - offsets[0]}"
+        )

@@ -1,0 +1,135 @@
+"""The NumPy reference forward pass: the referee that `verify` trusts.
+
+Channels-last (N, H, W, C), float32. Convolution is a sum of shifted matrix products over the
+flattened, padded image (one GEMM per kernel tap), so the BLAS does all the work: no Python
+loops over pixels or channels, and no im2col buffer nine times the size of a layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .arch import MIN_INPUT, POOL5_SIZE, STRIDE
+from .errors import VggfcnError
+from .weights import F32, VGGWeights
+
+
+def conv2d(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, *, same: bool) -> np.ndarray:
+    """2-D cross-correlation (what every framework calls convolution), stride 1.
+
+    Args:
+        x: (N, H, W, C) input.
+        kernel: (KH, KW, C, O) HWIO kernel.
+        bias: (O,).
+        same: zero-pad so the output keeps H x W (odd kernels), else "valid".
+    Returns:
+        (N, H', W', O) float32.
+
+    Each output pixel (y, x) on a row-padded grid of width W is the sum over taps (dy, dx) of
+    row y*W + x + dy*W + dx of the flattened input times kernel[dy, dx]: a contiguous slice, so
+    each tap is one GEMM. The kw-1 columns that wrap around the row end are dropped at the end.
+    """
+    kh, kw, c, o = kernel.shape
+    if same:
+        x = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    n, h, w, _ = x.shape
+    ho, wo = h - kh + 1, w - kw + 1
+    out = np.empty((n, ho, wo, o), dtype=F32)
+    flat = np.zeros((h * w + kw - 1, c), dtype=F32)
+    acc = np.empty((ho * w, o), dtype=F32)
+    tmp = np.empty_like(acc)
+    for i in range(n):
+        flat[: h * w] = x[i].reshape(h * w, c)
+        for dy in range(kh):
+            for dx in range(kw):
+                start = dy * w + dx
+                rows = flat[start : start + ho * w]
+                if dy == 0 and dx == 0:
+                    np.matmul(rows, kernel[dy, dx], out=acc)
+                else:
+                    np.matmul(rows, kernel[dy, dx], out=tmp)
+                    acc += tmp
+        out[i] = acc.reshape(ho, w, o)[:, :wo]
+    out += bias
+    return out
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """In-place ReLU (the activations are ours to overwrite)."""
+    np.maximum(x, 0, out=x)
+    return x
+
+
+def max_pool2(x: np.ndarray) -> np.ndarray:
+    """2x2 max-pool, stride 2, dropping an odd last row/column (Keras/torch "valid" pooling)."""
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    pooled: np.ndarray = x[:, : 2 * h2, : 2 * w2].reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+    return pooled
+
+
+def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """x @ W + b with W as (in, out)."""
+    out: np.ndarray = x @ kernel
+    out += bias
+    return out
+
+
+def trunk(weights: VGGWeights, images: np.ndarray) -> np.ndarray:
+    """The 3x3 convolution trunk up to pool5: (N, H, W, 3) -> (N, H/32, W/32, C5)."""
+    _check_images(weights, images)
+    x = np.asarray(images, dtype=F32)
+    pools = weights.arch.pools_after()
+    for i, layer in enumerate(weights.trunk):
+        x = relu(conv2d(x, layer.kernel.read(), layer.bias.read(), same=True))
+        if i in pools:
+            x = max_pool2(x)
+    return x
+
+
+def classifier_head(weights: VGGWeights, pool5: np.ndarray) -> np.ndarray:
+    """The original dense head on (N, 7, 7, C5) pool5 volumes: logits (N, classes), no softmax."""
+    if weights.convolutional_head:
+        raise VggfcnError(f"{weights.source.path}: has a convolutional head, not a dense one")
+    x = pool5.reshape(pool5.shape[0], -1)  # (H, W, C) flatten order, as canonical fc6 rows
+    fc6, fc7, fc8 = weights.head
+    x = relu(dense(x, fc6.kernel.read(), fc6.bias.read()))
+    x = relu(dense(x, fc7.kernel.read(), fc7.bias.read()))
+    return dense(x, fc8.kernel.read(), fc8.bias.read())
+
+
+def fcn_head(weights: VGGWeights, pool5: np.ndarray) -> np.ndarray:
+    """The convolutional head: (N, h, w, C5) -> score map (N, h-6, w-6, classes), no softmax."""
+    if not weights.convolutional_head:
+        raise VggfcnError(f"{weights.source.path}: has a dense head, not a convolutional one")
+    fc6, fc7, fc8 = weights.head
+    x = relu(conv2d(pool5, fc6.kernel.read(), fc6.bias.read(), same=False))
+    x = relu(conv2d(x, fc7.kernel.read(), fc7.bias.read(), same=False))
+    return conv2d(x, fc8.kernel.read(), fc8.bias.read(), same=False)
+
+
+def logits(weights: VGGWeights, images: np.ndarray) -> np.ndarray:
+    """Run either network: (N, classes) for a classifier at 224x224, a score map for an FCN."""
+    pool5 = trunk(weights, images)
+    if weights.convolutional_head:
+        return fcn_head(weights, pool5)
+    if pool5.shape[1:3] != (POOL5_SIZE, POOL5_SIZE):
+        raise VggfcnError(
+            f"{weights.source.path}: a dense classifier takes {MIN_INPUT}x{MIN_INPUT} inputs only "
+            f"(got {images.shape[1]}x{images.shape[2]}); convert it to run at other sizes"
+        )
+    return classifier_head(weights, pool5)
+
+
+def _check_images(weights: VGGWeights, images: np.ndarray) -> None:
+    if images.ndim != 4 or images.shape[3] != weights.arch.in_channels:
+        raise VggfcnError(
+            f"images must be (N, H, W, {weights.arch.in_channels}) channels-last, "
+            f"got {images.shape}"
+        )
+    h, w = images.shape[1:3]
+    if h < MIN_INPUT or w < MIN_INPUT:
+        raise VggfcnError(
+            f"images must be at least {MIN_INPUT}x{MIN_INPUT} (the network's {POOL5_SIZE}x"
+            f"{POOL5_SIZE} window at stride {STRIDE}), got {h}x{w}"
+        )

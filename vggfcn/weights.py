@@ -1,0 +1,231 @@
+"""Canonical weights: the one in-memory description of a VGG that every reader produces.
+
+One layout, whatever the file: conv kernels HWIO, dense kernels (in, out) with fc6 rows in
+(H, W, C) order, float32 on read. Tensors stay lazy (an h5py dataset, a memory map) until
+someone reads them, so converting never needs the whole model in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .arch import HEAD_NAMES, PLANS, Arch, plan_for_conv_count
+from .errors import ArchitectureError, FormatError
+
+#: What a reader may hand us: float data of any width or byte order; read as float32.
+_FLOAT_SIZES = {2, 4, 8}
+F32 = np.dtype("<f4")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A lazily read tensor: the C-order elements of `source`, viewed with `shape`.
+
+    `source` is anything sliceable along its first axis that yields NumPy arrays (an h5py
+    dataset, an ndarray, a memory map). Reshapes are free and lazy because the element order
+    never changes; that is what makes FC6 -> 7x7 conv a streaming operation.
+    """
+
+    source: Any
+    shape: tuple[int, ...]
+    where: str  # "file.h5:/fc1/fc1_W_1:0", for messages
+
+    @classmethod
+    def wrap(cls, source: Any, where: str) -> Tensor:
+        """Wrap a file's array, refusing dtypes we cannot read exactly as floats."""
+        dtype = np.dtype(source.dtype)
+        if dtype.kind != "f" or dtype.itemsize not in _FLOAT_SIZES:
+            raise FormatError(
+                f"{where}: dtype {dtype} is not a float type (expected float16/32/64)"
+            )
+        return cls(source, tuple(int(d) for d in source.shape), where)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def reshape(self, shape: Sequence[int]) -> Tensor:
+        """The same elements under another shape (no data is read)."""
+        shape = tuple(int(d) for d in shape)
+        if int(np.prod(shape, dtype=np.int64)) != self.size:
+            raise ArchitectureError(f"{self.where}: cannot view shape {self.shape} as {shape}")
+        return Tensor(self.source, shape, self.where)
+
+    def read(self) -> np.ndarray:
+        """All elements as a float32 array of `shape` (little-endian, C order)."""
+        return np.ascontiguousarray(self._slice(()), dtype=F32).reshape(self.shape)
+
+    def blocks(self, max_bytes: int) -> Iterator[np.ndarray]:
+        """float32 blocks of whole source rows; their concatenated bytes are the tensor's bytes.
+
+        Bounds memory to about `max_bytes` however large the tensor is.
+        """
+        rows = int(self.source.shape[0]) if len(self.source.shape) else 1
+        if rows == 0 or self.size == 0:
+            return
+        if len(self.source.shape) == 0:
+            yield self.read().reshape(-1)
+            return
+        row_bytes = max(1, self.size // rows) * F32.itemsize
+        step = max(1, max_bytes // row_bytes)
+        for start in range(0, rows, step):
+            yield np.ascontiguousarray(self._slice(slice(start, start + step)), dtype=F32)
+
+    def _slice(self, key: Any) -> np.ndarray:
+        """Read from the source, turning a corrupt file's low-level error into ours."""
+        try:
+            return np.asarray(self.source[key])
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{self.where}: cannot read data ({e})") from None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One learned layer: canonical name, kernel, bias, and what the file called it."""
+
+    name: str
+    kernel: Tensor
+    bias: Tensor
+    file_name: str
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where a network came from, for reports and the output's metadata.
+
+    Attributes:
+        path: the file as the user named it.
+        format: detected container, e.g. "keras-h5", "vggfcn-safetensors".
+        generation: the writer's layout within the format, e.g. "keras1", "keras3-weights".
+        softmax: whether the file's last layer applied a softmax; None when the file does not say.
+        flatten_order: order of fc6 rows in the file before normalisation ("HWC" for Keras).
+    """
+
+    path: str
+    format: str
+    generation: str
+    softmax: bool | None
+    flatten_order: str
+
+    @property
+    def softmax_label(self) -> str:
+        """How reports and metadata spell `softmax`: yes, no or unknown."""
+        return {True: "yes", False: "no", None: "unknown"}[self.softmax]
+
+
+@dataclass(frozen=True)
+class VGGWeights:
+    """A whole VGG in canonical layout: 3x3 trunk convolutions, then the three-layer head.
+
+    `convolutional_head` tells which form the head has: dense kernels (in, out) for the original
+    classifier, HWIO kernels (7,7,C,F6), (1,1,F6,F7), (1,1,F7,K) for the converted network.
+    """
+
+    arch: Arch
+    trunk: tuple[Layer, ...]
+    head: tuple[Layer, ...]
+    convolutional_head: bool
+    source: SourceInfo
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return self.trunk + self.head
+
+
+@dataclass(frozen=True)
+class RawLayer:
+    """A reader's view of one weighted layer before the architecture is known."""
+
+    file_name: str
+    kernel: Tensor
+    bias: Tensor
+
+
+def assemble(
+    trunk: Sequence[RawLayer],
+    head: Sequence[RawLayer],
+    source: SourceInfo,
+    *,
+    convolutional_head: bool = False,
+) -> VGGWeights:
+    """Derive the architecture from tensor shapes and check every layer against it.
+
+    Every problem found is reported in one message, so a user fixes a file once, not five times.
+
+    Raises:
+        ArchitectureError: no head (a "notop" file), an unknown conv count, or wrong shapes.
+    """
+    path = source.path
+    if not trunk:
+        raise ArchitectureError(f"{path}: no convolution layers found; is this a VGG checkpoint?")
+    known = plan_for_conv_count(len(trunk))
+    if known is None:
+        counts = ", ".join(f"{n}: {sum(p)}" for n, p in PLANS.items())
+        raise ArchitectureError(
+            f"{path}: found {len(trunk)} convolution layers; a VGG has {counts}"
+        )
+    name, plan = known
+    if not head:
+        raise ArchitectureError(
+            f"{path}: no classifier layers (fc1/fc2/predictions) found: this looks like an "
+            "include_top=False ('notop') file; there is no head to convert"
+        )
+    if len(head) != len(HEAD_NAMES):
+        found = ", ".join(r.file_name for r in head)
+        raise ArchitectureError(f"{path}: expected 3 classifier layers, found {len(head)}: {found}")
+
+    first = trunk[0].kernel.shape
+    in_channels = first[2] if len(first) == 4 else 3
+    layers = [*trunk, *head]
+    widths = [_width(layers, i) for i in range(len(layers))]
+    conv_widths, head_widths = tuple(widths[: len(trunk)]), widths[len(trunk) :]
+    arch = Arch(
+        name, plan, in_channels, conv_widths, (head_widths[0], head_widths[1], head_widths[2])
+    )
+
+    expected_head = arch.fcn_head_shapes() if convolutional_head else arch.dense_shapes()
+    problems: list[str] = []
+    for raw, want in zip([*trunk, *head], [*arch.conv_shapes(), *expected_head], strict=True):
+        if raw.kernel.shape != tuple(want):
+            problems.append(f"{raw.file_name} kernel has shape {raw.kernel.shape}, expected {want}")
+        if raw.bias.shape != (want[-1],):
+            problems.append(
+                f"{raw.file_name} bias has shape {raw.bias.shape}, expected ({want[-1]},)"
+            )
+    if problems:
+        if not convolutional_head and head[0].kernel.shape[:1] != expected_head[0][:1]:
+            problems.append(
+                f"fc6 must read the 7x7x{arch.pool5_channels} pool5 volume "
+                f"({expected_head[0][0]} inputs)"
+            )
+        raise ArchitectureError(f"{path}: not a {name} classifier: " + "; ".join(problems))
+
+    named = [
+        Layer(n, r.kernel, r.bias, r.file_name)
+        for n, r in zip([*arch.conv_names, *HEAD_NAMES], layers, strict=True)
+    ]
+    return VGGWeights(
+        arch, tuple(named[: len(trunk)]), tuple(named[len(trunk) :]), convolutional_head, source
+    )
+
+
+def _width(layers: Sequence[RawLayer], i: int) -> int:
+    """Output width of layer i, chosen so that the message names the tensor that is wrong.
+
+    Kernel and bias usually agree. When they do not, the next layer's input width decides
+    which one to believe: a transposed fc6 kernel then reads "expected (25088, 4096)" instead of
+    turning every later layer into an error.
+    """
+    kernel, bias = layers[i].kernel.shape, layers[i].bias.shape
+    candidates = [int(d) for d in (kernel[-1:] + bias[-1:])]
+    if not candidates:
+        return 0
+    if len(set(candidates)) > 1 and i + 1 < len(layers):
+        following = layers[i + 1].kernel.shape
+        if len(following) >= 2 and following[-2] in candidates:
+            return int(following[-2])
+    return candidates[-1]
