@@ -154,3 +154,19 @@ class TestInstalledCommand:
         )
         assert done.returncode == 2
         assert done.stderr == f"vggfcn: error: {tmp_path / 'nope.h5'}: no such file\n"
+
+
+def test_channels_first_fc6_file_fails_verify_with_exit_1(keras1: Path, tmp_path: Path) -> None:
+    """The classic bug, as a file: fc6 rows read as (C, H, W). Right shapes, wrong function."""
+    from vggfcn.convert import metadata, named_tensors, to_fcn
+    from vggfcn.formats import load
+    from vggfcn.formats.safetensors_io import write
+    from vggfcn.selfcheck import fc6_read_as_chw
+
+    wrong = tmp_path / "wrong.safetensors"
+    with load(str(keras1)) as classifier, open(wrong, "wb") as f:
+        fcn = fc6_read_as_chw(to_fcn(classifier))
+        write(f, named_tensors(fcn), metadata(fcn, keras1.name, "0" * 64))
+    code, stdout, stderr = run("verify", str(keras1), str(wrong))
+    assert code == 1, stderr
+    assert "FAIL" in stdout
