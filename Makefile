@@ -34,8 +34,8 @@ demo: $(STAMP) $(VGG16)
 	$(BIN)/vggfcn verify $(VGG16) $(CACHE)/demo.fcn.safetensors
 
 lint: $(STAMP)
-	$(BIN)/ruff check vggfcn tests fixtures
-	$(BIN)/ruff format --check vggfcn tests fixtures
+	$(BIN)/ruff check vggfcn tests fixtures bench
+	$(BIN)/ruff format --check vggfcn tests fixtures bench
 	$(BIN)/mypy
 
 test: lint

@@ -156,13 +156,13 @@ def test_failure_while_writing_leaves_nothing(
     calls = {"n": 0}
     real = io.write
 
-    def failing_write(f, tensors, metadata, progress=lambda n: None):  # type: ignore[no-untyped-def]
+    def failing_write(f, tensors, metadata, progress=lambda n: None, **kw):  # type: ignore[no-untyped-def]
         def count(n: int) -> None:
             calls["n"] += 1
             if calls["n"] == 5:
                 raise OSError(28, "No space left on device")
 
-        real(f, tensors, metadata, count)
+        real(f, tensors, metadata, count, **kw)
 
     monkeypatch.setattr(io, "write", failing_write)
     with pytest.raises(OutputError, match="No space left on device"):

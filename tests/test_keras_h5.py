@@ -162,3 +162,38 @@ def test_float64_and_big_endian_weights_read_as_float32(keras1: Path, tmp_path: 
     _, reference = read_all(keras1)
     assert tensors["fc7.kernel"].dtype == np.float32  # type: ignore[attr-defined]
     np.testing.assert_array_equal(tensors["fc7.kernel"], reference["fc7.kernel"])
+
+
+def test_truncated_file_is_refused_before_reading(keras1: Path, tmp_path: Path) -> None:
+    """Cut inside the fc1 kernel: the declared extent no longer fits, and we say so."""
+    with h5py.File(keras1) as f:
+        ds = f["fc1/fc1_W_1:0"]
+        cut = ds.id.get_offset() + ds.nbytes // 2
+    path = tmp_path / "cut.h5"
+    path.write_bytes(keras1.read_bytes()[:cut])
+    with pytest.raises(FormatError, match=r"truncated"):
+        read_all(path)
+
+
+def test_contiguous_datasets_are_read_raw_and_equal_h5py(keras1: Path) -> None:
+    from vggfcn.formats.region import FileRegion
+
+    with load(str(keras1)) as w, h5py.File(keras1) as f:
+        fc6 = w.head[0].kernel
+        assert isinstance(fc6.source, FileRegion)
+        np.testing.assert_array_equal(fc6.source[3:9], f["fc1/fc1_W_1:0"][3:9])
+        np.testing.assert_array_equal(fc6.read(), f["fc1/fc1_W_1:0"][()])
+        with pytest.raises(TypeError):
+            fc6.source[::2]
+
+
+def test_chunked_compressed_datasets_are_read_through_h5py(keras1: Path, tmp_path: Path) -> None:
+    path = tmp_path / "gzip.h5"
+    path.write_bytes(keras1.read_bytes())
+    with h5py.File(path, "r+") as f:
+        data = f["fc1/fc1_W_1:0"][()]
+        del f["fc1/fc1_W_1:0"]
+        f["fc1"].create_dataset("fc1_W_1:0", data=data, compression="gzip", chunks=(7, 32))
+    weights, tensors = read_all(path)
+    assert isinstance(weights.head[0].kernel.source, h5py.Dataset)
+    np.testing.assert_array_equal(tensors["fc6.kernel"], data)

@@ -46,8 +46,7 @@ def test_tolerance_rule_is_scaled_by_the_logits() -> None:
     every logit by exactly d, so the verdict flips where the rule says it should."""
     classifier = random_classifier(seed=3)
     fcn = to_fcn(classifier)
-    ref = forward.logits(classifier, sample_images(2, 0))
-    scale = max(1.0, float(np.abs(ref).max()))
+    scale = verify(classifier, fcn).scale  # max(1, max|reference logit|)
     fc8 = fcn.head[2]
 
     def shifted(d: float) -> bool:
@@ -95,3 +94,20 @@ def test_sample_images_are_deterministic() -> None:
     x = sample_images(1, 0)
     assert x.shape == (1, 224, 224, 3) and x.dtype == np.float32
     assert -128 <= x.min() and x.max() <= 128
+
+
+def test_probes_reach_weights_that_an_image_cannot() -> None:
+    """Break an fc6 weight that multiplies a pool5 value the image leaves at zero (ReLU):
+    the image alone cannot see it; the probes must."""
+    classifier = random_classifier(seed=4)
+    fcn = to_fcn(classifier)
+    pool5 = forward.trunk(classifier, sample_images(1, seed=0))[0]
+    h, w, c = np.argwhere(pool5 == 0)[0]
+    fc6 = fcn.head[0]
+    kernel = fc6.kernel.read().copy()
+    kernel[h, w, c, :] += 1.0
+    broken = replace(
+        fcn, head=(Layer("fc6", Tensor.wrap(kernel, "k"), fc6.bias, "fc6"), *fcn.head[1:])
+    )
+    assert verify(classifier, broken, images=1, probes=0, seed=0).passed
+    assert not verify(classifier, broken, images=1, probes=8, seed=0).passed

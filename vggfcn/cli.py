@@ -77,10 +77,17 @@ def convert(source: str, output: str, force: bool, quiet: bool, as_json: bool) -
 @click.argument("converted", required=False, type=click.Path())
 @click.option(
     "--images",
-    default=2,
+    default=1,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Number of deterministic 224x224 inputs.",
+    help="Deterministic 224x224 inputs run through both whole networks.",
+)
+@click.option(
+    "--probes",
+    default=8,
+    show_default=True,
+    type=click.IntRange(0, 1024),
+    help="Random pool5 volumes run through both heads besides the images' own.",
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Input seed.")
 @click.option(
@@ -103,6 +110,7 @@ def verify(
     original: str | None,
     converted: str | None,
     images: int,
+    probes: int,
     seed: int,
     atol: float,
     rtol: float,
@@ -124,7 +132,9 @@ def verify(
         return
     if converted is None:
         raise click.UsageError("give both ORIGINAL and CONVERTED, or neither for the self-check")
-    report = api.verify_files(original, converted, images=images, seed=seed, atol=atol, rtol=rtol)
+    report = api.verify_files(
+        original, converted, images=images, probes=probes, seed=seed, atol=atol, rtol=rtol
+    )
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     elif not quiet:
@@ -176,10 +186,13 @@ def _selfcheck(quiet: bool, as_json: bool) -> None:
 
 
 def _format_report(r: VerifyReport) -> str:
-    n = r.images
+    n = r.images + r.probes
+    trunk = "bit-identical, computed once" if r.trunk_shared else "differ: each network its own"
     return "\n".join(
         [
-            f"{r.arch}, {r.classes} classes: {n} image(s) {r.size}x{r.size}, seed {r.seed}",
+            f"{r.arch}, {r.classes} classes: {r.images} image(s) {r.size}x{r.size} + "
+            f"{r.probes} pool5 probe(s), seed {r.seed}",
+            f"  trunk weights     {trunk}",
             f"  max abs error     {r.max_abs_error:.3e}",
             f"  max scaled error  {r.max_scaled_error:.3e}  "
             f"(scale max(1, max|logit|) = {r.scale:.4g})",

@@ -1,20 +1,29 @@
 """The NumPy reference forward pass: the referee that `verify` trusts.
 
-Channels-last (N, H, W, C), float32. Convolution is a sum of shifted matrix products over the
-flattened, padded image (one GEMM per kernel tap), so the BLAS does all the work: no Python
-loops over pixels or channels, and no im2col buffer nine times the size of a layer.
+Channels-last (N, H, W, C), float32. Every convolution and dense layer is a GEMM, so the BLAS
+does the work: no Python loops over pixels or channels, and no im2col buffer nine times the
+size of a large layer (those run one GEMM per kernel tap instead).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .arch import MIN_INPUT, POOL5_SIZE, STRIDE
 from .errors import VggfcnError
 from .weights import F32, VGGWeights
 
+#: Patch matrices up to this size are built whole (im2col, one GEMM): the first layer (27
+#: columns), the last blocks, and the 7x7 head, whose huge kernel must be read once, not per tap.
+IM2COL_BYTES = 16 << 20
+#: Output rows per block in the per-tap path: the accumulator block stays near 2 MB, in cache.
+BLOCK_BYTES = 2 << 20
 
-def conv2d(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, *, same: bool) -> np.ndarray:
+
+def conv2d(
+    x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, *, same: bool, relu: bool = False
+) -> np.ndarray:
     """2-D cross-correlation (what every framework calls convolution), stride 1.
 
     Args:
@@ -22,35 +31,61 @@ def conv2d(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, *, same: bool) -
         kernel: (KH, KW, C, O) HWIO kernel.
         bias: (O,).
         same: zero-pad so the output keeps H x W (odd kernels), else "valid".
+        relu: apply ReLU to the output.
     Returns:
         (N, H', W', O) float32.
 
-    Each output pixel (y, x) on a row-padded grid of width W is the sum over taps (dy, dx) of
-    row y*W + x + dy*W + dx of the flattened input times kernel[dy, dx]: a contiguous slice, so
-    each tap is one GEMM. The kw-1 columns that wrap around the row end are dropped at the end.
+    Two exact strategies, chosen by size. Small patch matrices: im2col, every output pixel's
+    KH x KW x C window laid out in HWIO order, times the kernel as one (KH*KW*C, O) matrix.
+    Large ones: per tap, a GEMM on a contiguous slice of the flattened padded image (output
+    pixel (y, x) reads row y*W + x + dy*W + dx), accumulated block by block in cache.
     """
     kh, kw, c, o = kernel.shape
     if same:
         x = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
     n, h, w, _ = x.shape
     ho, wo = h - kh + 1, w - kw + 1
-    out = np.empty((n, ho, wo, o), dtype=F32)
+    if n * ho * wo * kh * kw * c * 4 <= IM2COL_BYTES:
+        out = _im2col(x, kernel)
+    else:
+        out = _per_tap(x, kernel)
+    out += bias
+    if relu:
+        np.maximum(out, 0, out=out)
+    return out
+
+
+def _im2col(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    kh, kw, c, o = kernel.shape
+    windows = sliding_window_view(x, (kh, kw), axis=(1, 2))  # (N, H', W', C, KH, KW) view
+    n, ho, wo = windows.shape[:3]
+    patches = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3), dtype=F32)
+    out: np.ndarray = patches.reshape(n * ho * wo, kh * kw * c) @ kernel.reshape(-1, o)
+    return out.reshape(n, ho, wo, o)
+
+
+def _per_tap(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    kh, kw, c, o = kernel.shape
+    n, h, w, _ = x.shape
+    ho, wo = h - kh + 1, w - kw + 1
+    taps = [dy * w + dx for dy in range(kh) for dx in range(kw)]
+    per_tap = kernel.reshape(len(taps), c, o)
+    rows = ho * w
+    block = min(rows, max(256, min(4096, BLOCK_BYTES // (o * 4))))
     flat = np.zeros((h * w + kw - 1, c), dtype=F32)
-    acc = np.empty((ho * w, o), dtype=F32)
-    tmp = np.empty_like(acc)
+    acc = np.empty((rows, o), dtype=F32)
+    tmp = np.empty((block, o), dtype=F32)
+    out = np.empty((n, ho, wo, o), dtype=F32)
     for i in range(n):
         flat[: h * w] = x[i].reshape(h * w, c)
-        for dy in range(kh):
-            for dx in range(kw):
-                start = dy * w + dx
-                rows = flat[start : start + ho * w]
-                if dy == 0 and dx == 0:
-                    np.matmul(rows, kernel[dy, dx], out=acc)
-                else:
-                    np.matmul(rows, kernel[dy, dx], out=tmp)
-                    acc += tmp
+        for r0 in range(0, rows, block):
+            r1 = min(r0 + block, rows)
+            a = acc[r0:r1]
+            np.matmul(flat[taps[0] + r0 : taps[0] + r1], per_tap[0], out=a)
+            for t in range(1, len(taps)):
+                np.matmul(flat[taps[t] + r0 : taps[t] + r1], per_tap[t], out=tmp[: r1 - r0])
+                a += tmp[: r1 - r0]
         out[i] = acc.reshape(ho, w, o)[:, :wo]
-    out += bias
     return out
 
 
@@ -81,7 +116,7 @@ def trunk(weights: VGGWeights, images: np.ndarray) -> np.ndarray:
     x = np.asarray(images, dtype=F32)
     pools = weights.arch.pools_after()
     for i, layer in enumerate(weights.trunk):
-        x = relu(conv2d(x, layer.kernel.read(), layer.bias.read(), same=True))
+        x = conv2d(x, layer.kernel.read(), layer.bias.read(), same=True, relu=True)
         if i in pools:
             x = max_pool2(x)
     return x
@@ -103,8 +138,8 @@ def fcn_head(weights: VGGWeights, pool5: np.ndarray) -> np.ndarray:
     if not weights.convolutional_head:
         raise VggfcnError(f"{weights.source.path}: has a dense head, not a convolutional one")
     fc6, fc7, fc8 = weights.head
-    x = relu(conv2d(pool5, fc6.kernel.read(), fc6.bias.read(), same=False))
-    x = relu(conv2d(x, fc7.kernel.read(), fc7.bias.read(), same=False))
+    x = conv2d(pool5, fc6.kernel.read(), fc6.bias.read(), same=False, relu=True)
+    x = conv2d(x, fc7.kernel.read(), fc7.bias.read(), same=False, relu=True)
     return conv2d(x, fc8.kernel.read(), fc8.bias.read(), same=False)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..weights import RawLayer, SourceInfo, Tensor, VGGWeights, assemble
+from .region import FileRegion
 
 
 def read(f: h5py.File, path: str) -> VGGWeights:
@@ -84,11 +85,7 @@ def _assemble(
                 f"{path}: layer {name} has {len(datasets)} weights, expected a kernel and a bias"
             )
         kernel, bias = sorted(datasets, key=lambda d: -len(d.shape))
-        raw = RawLayer(
-            name,
-            Tensor.wrap(kernel, f"{path}:{kernel.name}"),
-            Tensor.wrap(bias, f"{path}:{bias.name}"),
-        )
+        raw = RawLayer(name, _tensor(kernel, path), _tensor(bias, path))
         if len(kernel.shape) == 4:
             if head:
                 raise FormatError(f"{path}: convolution {name} comes after a dense layer")
@@ -101,6 +98,18 @@ def _assemble(
                 "(4-D) or dense (2-D) kernel"
             )
     return assemble(trunk, head, source)
+
+
+def _tensor(ds: h5py.Dataset, path: str) -> Tensor:
+    """A lazy tensor over a dataset: raw positioned reads when its bytes lie plainly in the file.
+
+    Anything else (chunked, compressed, unallocated) is read through h5py, which decodes it.
+    """
+    where = f"{path}:{ds.name}"
+    offset = ds.id.get_offset()
+    if ds.chunks is None and ds.compression is None and offset is not None and ds.dtype.kind == "f":
+        return Tensor.wrap(FileRegion(path, offset, tuple(ds.shape), ds.dtype), where)
+    return Tensor.wrap(ds, where)
 
 
 def _has_layer_names(group: h5py.Group) -> bool:

@@ -52,20 +52,34 @@ def write(
     tensors: Mapping[str, Tensor],
     metadata: Mapping[str, str],
     progress: Callable[[int], object] = lambda _n: None,
+    final_metadata: Callable[[], Mapping[str, str]] | None = None,
 ) -> None:
     """Stream `tensors` (as float32) into `f`, one bounded block at a time.
 
     Args:
-        f: a binary file open for writing, positioned at 0.
+        f: a seekable binary file open for writing, positioned at 0.
         tensors: output name -> lazy tensor; written in name order.
         metadata: flat str -> str map stored as `__metadata__` (sorted, so output is reproducible).
         progress: called with the number of data bytes after each block.
+        final_metadata: metadata known only once the data is written (e.g. a digest computed
+            alongside); it replaces `metadata`, whose serialised length it must keep, so the
+            header is rewritten in place and no data moves.
     """
-    f.write(header_bytes({n: t.shape for n, t in tensors.items()}, metadata))
+    shapes = {n: t.shape for n, t in tensors.items()}
+    header = header_bytes(shapes, metadata)
+    f.write(header)
     for name in sorted(tensors):
         for block in tensors[name].blocks(BLOCK_BYTES):
             f.write(block.data)
             progress(block.nbytes)
+    if final_metadata is not None:
+        final = header_bytes(shapes, final_metadata())
+        if len(final) != len(header):
+            raise ValueError("final metadata must serialise to the same length as the first")
+        end = f.tell()
+        f.seek(0)
+        f.write(final)
+        f.seek(end)
 
 
 def read_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): convert vs a plain-copy floor, forward pass vs torch, verify."""

@@ -1,0 +1,207 @@
+"""`make bench`: every performance figure the project promises, measured side by side.
+
+Each measurement runs in a child process (its wall time and its own peak RSS from wait4), the
+candidates interleaved and repeated, so page-cache state and machine noise hit all of them alike.
+Inputs are generated once into .cache/bench (outside tracked files) and reused.
+
+Usage: python -m bench [--repeats N] [--generations keras1,keras3-weights,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+CACHE = Path(".cache/bench")
+GENERATIONS = ("keras1", "keras2", "keras2-model", "keras3-h5", "keras3-weights")
+PY = sys.executable
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--generations", default=",".join(GENERATIONS))
+    args = parser.parse_args(argv)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {os.cpu_count()} cores, {_memory_gib():.0f} GiB; {_blas()}")
+    print(
+        f"python {sys.version.split()[0]}; median of {args.repeats} (min-max); "
+        "wall s, peak RSS MiB\n"
+    )
+    torch_224 = forward_figures(args.repeats)
+    files = {g: ensure_checkpoint(g) for g in args.generations.split(",")}
+    convert_figures(files, args.repeats)
+    verify_figures(files.get("keras1") or next(iter(files.values())), args.repeats, torch_224)
+
+
+# --- measurement primitives -------------------------------------------------------------------
+
+
+def run(cmd: Sequence[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one child process; fails loudly if it fails."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"bench: {' '.join(cmd)} failed ({proc.returncode}): {err}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def fmt(values: Sequence[float], digits: int = 3) -> str:
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def ensure_checkpoint(generation: str) -> Path:
+    suffix = ".weights.h5" if generation == "keras3-weights" else ".h5"
+    path = CACHE / f"vgg16_full_{generation}{suffix}"
+    if not path.exists():
+        print(f"generating {path} (once) ...", flush=True)
+        run(
+            [PY, "-m", "fixtures.generate", "--size", "full", "--generation", generation, str(path)]
+        )
+    return path
+
+
+# --- 1. convert against the plain-copy floor ----------------------------------------------------
+
+
+def convert_figures(files: dict[str, Path], repeats: int) -> None:
+    print("1. vggfcn convert, full-size VGG16 (target: peak RSS <= 100 MiB, wall <= 1.2x floor)")
+    print(
+        f"   {'generation':<15} {'floor':<22} {'convert':<22} {'cp':<22} {'RSS':>6}"
+        "  ratio floor / cp"
+    )
+    out = CACHE / "out.bin"
+    for generation, path in files.items():
+        cases = {
+            "floor": [PY, "-m", "bench.floor", str(path), str(out)],
+            "convert": [PY, "-m", "vggfcn", "convert", "-q", str(path), str(out)],
+            "cp": ["cp", str(path), str(out)],
+        }
+        walls: dict[str, list[float]] = {k: [] for k in cases}
+        rss: list[float] = []
+        for _ in range(repeats + 1):  # the first round warms the page cache and is dropped
+            for name, cmd in cases.items():
+                out.unlink(missing_ok=True)
+                wall, peak = run(cmd)
+                walls[name].append(wall)
+                if name == "convert":
+                    rss.append(peak)
+        walls = {k: v[1:] for k, v in walls.items()}
+        ratio = statistics.median(walls["convert"]) / statistics.median(walls["floor"])
+        to_cp = statistics.median(walls["convert"]) / statistics.median(walls["cp"])
+        print(
+            f"   {generation:<15} {fmt(walls['floor']):<22} {fmt(walls['convert']):<22} "
+            f"{fmt(walls['cp']):<22} {max(rss[1:]):>6.0f}  {ratio:.2f}x / {to_cp:.2f}x"
+        )
+    out.unlink(missing_ok=True)
+    print()
+
+
+# --- 2. forward pass against torch --------------------------------------------------------------
+
+
+def forward_figures(repeats: int) -> float | None:
+    """Prints NumPy vs torch forward timings; returns torch's 224 median (None without torch)."""
+    print("2. forward pass, VGG16 batch 1 (targets: 224 <= 1.4x torch, 448 FCN <= 1.25x torch)")
+    has_torch = _has_module("torch")
+    torch_224 = None
+    for size in (224, 448):
+        figures = {}
+        for backend in ("numpy", "torch") if has_torch else ("numpy",):
+            done = subprocess.run(
+                [PY, "-m", "bench.forward", backend, str(size), str(repeats)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            figures[backend] = json.loads(done.stdout)
+            time.sleep(1.0)
+        numpy_t = figures["numpy"]["times"]
+        gflops = figures["numpy"]["flops"] / 1e9
+        kind = "classifier" if size == 224 else "fully convolutional"
+        rate = gflops / statistics.median(numpy_t)
+        line = f"   {size}x{size} {kind:<20} numpy {fmt(numpy_t)} s, {rate:.0f} GFLOP/s"
+        if "torch" in figures:
+            torch_t = figures["torch"]["times"]
+            ratio = statistics.median(numpy_t) / statistics.median(torch_t)
+            rate = gflops / statistics.median(torch_t)
+            line += f"; torch {fmt(torch_t)} s, {rate:.0f} GFLOP/s; ratio {ratio:.2f}x"
+            if size == 224:
+                torch_224 = statistics.median(torch_t)
+        else:
+            line += "; torch not installed: ratio missing (pip install torch==2.13.0)"
+        print(line)
+    print()
+    return torch_224
+
+
+# --- 3. verify --------------------------------------------------------------------------------
+
+
+def verify_figures(source: Path, repeats: int, torch_224: float | None) -> None:
+    print(
+        "3. vggfcn verify, full-size VGG16 "
+        "(targets: wall <= 7x one torch 224 forward, RSS <= 1.3x file)"
+    )
+    converted = CACHE / "verify.fcn.safetensors"
+    if not converted.exists():
+        run([PY, "-m", "vggfcn", "convert", "-q", str(source), str(converted)])
+    walls, peaks = [], []
+    for _ in range(repeats + 1):
+        wall, peak = run([PY, "-m", "vggfcn", "verify", "-q", str(source), str(converted)])
+        walls.append(wall)
+        peaks.append(peak)
+    walls, peaks = walls[1:], peaks[1:]
+    size_mib = source.stat().st_size / 2**20
+    peak = max(peaks)
+    line = f"   wall {fmt(walls)} s, peak RSS {peak:.0f} MiB = {peak / size_mib:.2f}x file"
+    line += f" ({size_mib:.0f} MiB)"
+    if torch_224:
+        line += (
+            f"; {statistics.median(walls) / torch_224:.1f}x torch 224 forward ({torch_224:.3f} s)"
+        )
+    else:
+        line += "; torch ratio missing (torch not installed)"
+    print(line)
+
+
+def _has_module(name: str) -> bool:
+    return subprocess.run([PY, "-c", f"import {name}"], capture_output=True).returncode == 0
+
+
+def _blas() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "BLAS unknown (threadpoolctl not installed)"
+    import numpy  # noqa: F401  (loads the BLAS so threadpoolctl can see it)
+
+    infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return (
+        ", ".join(
+            f"numpy BLAS {i['internal_api']} {i.get('version')} ({i.get('architecture')}), "
+            f"{i['num_threads']} threads"
+            for i in infos
+        )
+        or "BLAS not found"
+    )
+
+
+def _memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+if __name__ == "__main__":
+    main()
