@@ -170,3 +170,18 @@ def test_channels_first_fc6_file_fails_verify_with_exit_1(keras1: Path, tmp_path
     code, stdout, stderr = run("verify", str(keras1), str(wrong))
     assert code == 1, stderr
     assert "FAIL" in stdout
+
+
+def test_verify_sizes_option(keras1: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fcn.safetensors"
+    run("convert", str(keras1), str(out))
+    code, stdout, _ = run("verify", "--json", "--sizes", "224,320,288", str(keras1), str(out))
+    report = json.loads(stdout)
+    assert code == 0
+    spatial = [(c["size"], c["map_shape"]) for c in report["spatial"]]
+    assert spatial == [(288, [3, 3]), (320, [4, 4])]
+    code, stdout, _ = run("verify", "--sizes", "224,288", str(keras1), str(out))
+    assert "288x288 map 3x3" in stdout
+    for bad in ("200", "224,abc", ""):
+        code, _, stderr = run("verify", "--sizes", bad, str(keras1), str(out))
+        assert code == 2 and "--sizes" in stderr

@@ -46,7 +46,7 @@ def test_tolerance_rule_is_scaled_by_the_logits() -> None:
     every logit by exactly d, so the verdict flips where the rule says it should."""
     classifier = random_classifier(seed=3)
     fcn = to_fcn(classifier)
-    scale = verify(classifier, fcn).scale  # max(1, max|reference logit|)
+    scale = verify(classifier, fcn, sizes=()).scale  # max(1, max|reference logit|)
     fc8 = fcn.head[2]
 
     def shifted(d: float) -> bool:
@@ -54,7 +54,7 @@ def test_tolerance_rule_is_scaled_by_the_logits() -> None:
         broken = replace(
             fcn, head=(*fcn.head[:2], Layer("fc8", fc8.kernel, Tensor.wrap(bias, "b"), "fc8"))
         )
-        return verify(classifier, broken, atol=1e-3, rtol=0.0).passed
+        return verify(classifier, broken, sizes=(), atol=1e-3, rtol=0.0).passed
 
     assert shifted(0.5e-3 * scale)
     assert not shifted(2e-3 * scale)
@@ -111,3 +111,36 @@ def test_probes_reach_weights_that_an_image_cannot() -> None:
     )
     assert verify(classifier, broken, images=1, probes=0, seed=0).passed
     assert not verify(classifier, broken, images=1, probes=8, seed=0).passed
+
+
+def test_spatial_check_covers_every_cell_at_each_size() -> None:
+    classifier = random_classifier(seed=5)
+    report = verify(classifier, to_fcn(classifier), sizes=(224, 288, 320))
+    assert report.passed
+    assert [(c.size, c.map_shape) for c in report.spatial] == [(288, (3, 3)), (320, (4, 4))]
+    assert all(c.agreement.max_scaled_error < 1e-5 for c in report.spatial)
+
+
+def test_spatial_check_fails_with_the_wrong_flatten_order() -> None:
+    classifier = random_classifier(seed=6)
+    report = verify(classifier, fc6_read_as_chw(to_fcn(classifier)), sizes=(288,))
+    assert not report.passed and not report.spatial[0].agreement.passed
+
+
+def test_trunk_that_differs_is_run_on_its_own_weights() -> None:
+    classifier = random_classifier(seed=7)
+    fcn = to_fcn(classifier)
+    layer = fcn.trunk[3]
+    kernel = layer.kernel.read().copy()
+    kernel[0, 0, 0, 0] = np.nextafter(kernel[0, 0, 0, 0], np.float32(1))  # one ulp
+    nudged = replace(
+        fcn,
+        trunk=(
+            *fcn.trunk[:3],
+            Layer(layer.name, Tensor.wrap(kernel, "k"), layer.bias, layer.file_name),
+            *fcn.trunk[4:],
+        ),
+    )
+    report = verify(classifier, nudged)
+    assert not report.trunk_shared
+    assert report.passed  # one ulp in one weight stays far inside the tolerance

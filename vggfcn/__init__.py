@@ -12,7 +12,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import ConvertResult, convert_file, describe, inspect_file, verify_files
+from .api import (
+    ConvertResult,
+    Prediction,
+    convert_file,
+    describe,
+    heatmap_file,
+    inspect_file,
+    predict_file,
+    verify_files,
+)
 from .arch import Arch
 from .convert import to_fcn
 from .errors import ArchitectureError, ExitCode, FormatError, OutputError, VggfcnError
@@ -26,6 +35,7 @@ __all__ = [
     "ArchitectureError",
     "ConvertResult",
     "ExitCode",
+    "Prediction",
     "FormatError",
     "OutputError",
     "VGGWeights",
@@ -34,9 +44,11 @@ __all__ = [
     "__version__",
     "convert_file",
     "describe",
+    "heatmap_file",
     "inspect_file",
     "load",
     "logits",
+    "predict_file",
     "to_fcn",
     "verify",
     "verify_files",

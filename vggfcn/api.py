@@ -9,14 +9,19 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
+from . import heatmap, imagenet, images
 from .atomic import atomic_write, check_output
 from .convert import metadata, named_tensors, to_fcn
+from .errors import VggfcnError
 from .formats import load, safetensors_io
+from .predict import class_probabilities, score_map
 from .verify import ATOL, RTOL, VerifyReport, verify
 from .weights import VGGWeights
 
@@ -90,13 +95,100 @@ def verify_files(
     *,
     images: int = 1,
     probes: int = 8,
+    sizes: Sequence[int] = (288,),
     seed: int = 0,
     atol: float = ATOL,
     rtol: float = RTOL,
 ) -> VerifyReport:
     """Run `verify` on two files: the original classifier and the converted network."""
     with load(original) as ref, load(converted) as fcn:
-        return verify(ref, fcn, images=images, probes=probes, seed=seed, atol=atol, rtol=rtol)
+        return verify(
+            ref, fcn, images=images, probes=probes, sizes=sizes, seed=seed, atol=atol, rtol=rtol
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """`predict_file`'s answer: the logit map and the preprocessing that was applied."""
+
+    scores: np.ndarray  # (N, H//32 - 6, W//32 - 6, classes) logits
+    preprocess: str
+    input_shape: tuple[int, ...]
+
+
+def predict_file(
+    weights: str,
+    source: str,
+    *,
+    preprocess: str | None = None,
+    out: str | None = None,
+    force: bool = False,
+) -> Prediction:
+    """Run the fully-convolutional network on an image or .npy input of any size >= 224.
+
+    Args:
+        weights: a converted file, or an original classifier (converted in memory).
+        source: an image (JPEG/PNG..., needs the `images` extra) or a .npy array, (H, W, 3) or
+            (N, H, W, 3), channels-last, already preprocessed.
+        preprocess: "caffe", "torch" or "none"; default "caffe" for images (Keras VGG16's
+            mode) and "none" for arrays.
+        out: optional .npy path for the raw logit map, written atomically.
+    """
+    if out is not None:
+        check_output(out, [weights, source], force=force)
+    mode = preprocess or ("none" if images.is_npy(source) else "caffe")
+    x = images.load_input(source, mode)
+    with load(weights) as w:
+        scores = score_map(w, x)
+    if out is not None:
+        with atomic_write(out) as f:
+            np.save(f, scores, allow_pickle=False)
+    return Prediction(scores, mode, tuple(x.shape))
+
+
+@dataclass(frozen=True)
+class HeatmapResult:
+    output: str
+    class_index: int
+    class_name: str
+    cells: tuple[int, int]
+    hottest_cell: tuple[int, int]
+    hottest_probability: float
+
+
+def heatmap_file(
+    weights: str,
+    image: str,
+    class_name: str,
+    out: str,
+    *,
+    preprocess: str = "caffe",
+    force: bool = False,
+) -> HeatmapResult:
+    """Write `image` with one class's per-cell probability overlaid as a colour map (PNG)."""
+    check_output(out, [weights, image], force=force)
+    if images.is_npy(image):
+        raise VggfcnError(f"{image}: a heatmap needs an image file to draw on, not a .npy array")
+    rgb = images.load_image(image)
+    images.check_size(image, rgb.shape[0], rgb.shape[1])
+    x = images.preprocess_image(rgb, preprocess)[np.newaxis]
+    with load(weights) as w:
+        scores = score_map(w, x)
+    classes = scores.shape[-1]
+    index = imagenet.class_index(class_name, classes)
+    probabilities = class_probabilities(scores, index)[0]
+    png = heatmap.encode_png(heatmap.overlay(rgb, probabilities))
+    with atomic_write(out) as f:
+        f.write(png)
+    hottest = np.unravel_index(int(np.argmax(probabilities)), probabilities.shape)
+    return HeatmapResult(
+        out,
+        index,
+        imagenet.label(index, classes),
+        probabilities.shape,
+        (int(hottest[0]), int(hottest[1])),
+        float(probabilities.max()),
+    )
 
 
 def inspect_file(path: str) -> dict[str, object]:

@@ -14,7 +14,10 @@ from typing import Any
 import click
 
 from . import __version__, api, selfcheck
+from .arch import MIN_INPUT
 from .errors import ExitCode, VggfcnError
+from .images import PREPROCESS_MODES
+from .predict import top_cells
 from .verify import ATOL, RTOL, VerifyReport
 
 
@@ -89,6 +92,13 @@ def convert(source: str, output: str, force: bool, quiet: bool, as_json: bool) -
     type=click.IntRange(0, 1024),
     help="Random pool5 volumes run through both heads besides the images' own.",
 )
+@click.option(
+    "--sizes",
+    default="224,288",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _sizes(value),
+    help="Input sides to check; above 224 every score-map cell is checked against its window.",
+)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Input seed.")
 @click.option(
     "--atol",
@@ -111,6 +121,7 @@ def verify(
     converted: str | None,
     images: int,
     probes: int,
+    sizes: tuple[int, ...],
     seed: int,
     atol: float,
     rtol: float,
@@ -133,7 +144,14 @@ def verify(
     if converted is None:
         raise click.UsageError("give both ORIGINAL and CONVERTED, or neither for the self-check")
     report = api.verify_files(
-        original, converted, images=images, probes=probes, seed=seed, atol=atol, rtol=rtol
+        original,
+        converted,
+        images=images,
+        probes=probes,
+        sizes=sizes,
+        seed=seed,
+        atol=atol,
+        rtol=rtol,
     )
     if as_json:
         click.echo(json.dumps(report.as_dict()))
@@ -141,6 +159,119 @@ def verify(
         click.echo(_format_report(report))
     if not report.passed:
         click.get_current_context().exit(ExitCode.MISMATCH)
+
+
+_preprocess = click.option(
+    "--preprocess",
+    type=click.Choice(PREPROCESS_MODES),
+    help="caffe: Keras VGG16 (RGB->BGR, minus ImageNet means); torch: torchvision (/255, "
+    "mean/std); none: as is. Default: caffe for images, none for .npy arrays.",
+)
+_force = click.option("-f", "--force", is_flag=True, help="Replace the output if it exists.")
+
+
+@main.command()
+@click.argument("weights", type=click.Path())
+@click.argument("source", metavar="INPUT", type=click.Path())
+@click.option("-o", "--out", type=click.Path(), help="Write the logit map (N, h, w, classes) .npy.")
+@click.option(
+    "-k", "--top", default=3, show_default=True, type=click.IntRange(1), help="Classes per cell."
+)
+@_preprocess
+@_force
+@_quiet
+@_json
+def predict(
+    weights: str,
+    source: str,
+    out: str | None,
+    top: int,
+    preprocess: str | None,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Dense prediction: a map of class scores for an INPUT of any size >= 224.
+
+    WEIGHTS is a converted file (or an original classifier, converted in memory). INPUT is an
+    image (needs `pip install 'vggfcn[images]'`) or a preprocessed .npy array (H, W, 3) or
+    (N, H, W, 3). The map is (H//32 - 6) x (W//32 - 6); cell (i, j) sees the 224x224 window at
+    (32i, 32j).
+
+    \b
+    Example:
+      vggfcn predict vgg16.fcn.safetensors cat.jpg --top 3 --out scores.npy
+    """
+    result = api.predict_file(weights, source, preprocess=preprocess, out=out, force=force)
+    cells = top_cells(result.scores, top)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "shape": list(result.scores.shape),
+                    "input_shape": list(result.input_shape),
+                    "preprocess": result.preprocess,
+                    "out": out,
+                    "cells": [asdict(c) for c in cells],
+                }
+            )
+        )
+        return
+    if quiet:
+        return
+    n, h, w, k = result.scores.shape
+    click.echo(
+        f"{source}: {n} input(s) {result.input_shape[1]}x{result.input_shape[2]} "
+        f"(preprocess {result.preprocess}) -> {h}x{w} map of {k} classes"
+        + (f", logits written to {out}" if out else "")
+    )
+    for c in cells:
+        y0, x0, y1, x1 = c.window
+        guesses = "  ".join(f"{g.index} {g.name} {g.probability:.1%}" for g in c.top)
+        click.echo(
+            f"  [{c.image}] cell ({c.row},{c.col}) window y {y0}-{y1} x {x0}-{x1}: {guesses}"
+        )
+
+
+@main.command()
+@click.argument("weights", type=click.Path())
+@click.argument("image", type=click.Path())
+@click.option("-c", "--class", "class_", required=True, help="Class index or ImageNet name.")
+@click.option("-o", "--out", required=True, type=click.Path(), help="PNG file to write.")
+@_preprocess
+@_force
+@_quiet
+@_json
+def heatmap(
+    weights: str,
+    image: str,
+    class_: str,
+    out: str,
+    preprocess: str | None,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Draw one class's per-cell probability over IMAGE as a colour map (PNG).
+
+    Probabilities are a softmax over the classes of each cell; each pixel shows the mean over
+    the cells whose 224x224 windows cover it (stride 32).
+
+    \b
+    Example:
+      vggfcn heatmap vgg16.fcn.safetensors cat.jpg --class tabby --out tabby.png
+    """
+    result = api.heatmap_file(
+        weights, image, class_, out, preprocess=preprocess or "caffe", force=force
+    )
+    if as_json:
+        click.echo(json.dumps(asdict(result)))
+    elif not quiet:
+        click.echo(
+            f"wrote {result.output}: class {result.class_index} ({result.class_name}), "
+            f"{result.cells[0]}x{result.cells[1]} cells, hottest cell {result.hottest_cell} "
+            f"p={result.hottest_probability:.3f}"
+        )
 
 
 @main.command()
@@ -198,11 +329,28 @@ def _format_report(r: VerifyReport) -> str:
             f"(scale max(1, max|logit|) = {r.scale:.4g})",
             f"  top-1 agreement   {round(r.top1_agreement * n)}/{n}",
             f"  top-5 agreement   {round(r.top5_agreement * n)}/{n}",
+            *[
+                f"  {c.size}x{c.size} map {c.map_shape[0]}x{c.map_shape[1]}    every cell vs the "
+                f"classifier on its window: max scaled error "
+                f"{c.agreement.max_scaled_error:.3e}, top-1 {c.agreement.top1_agreement:.0%}"
+                f"{'' if c.agreement.passed else '  FAIL'}"
+                for c in r.spatial
+            ],
             f"  tolerance         |fcn - ref| <= {r.atol:g}*scale + {r.rtol:g}*|ref|",
             f"  compared          logits (softmax in original file: {r.softmax})",
             "PASS" if r.passed else "FAIL: outputs differ beyond tolerance",
         ]
     )
+
+
+def _sizes(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers") from None
+    if not sizes or min(sizes) < MIN_INPUT:
+        raise click.BadParameter(f"{value!r}: every size must be at least {MIN_INPUT}")
+    return sizes
 
 
 def _show_progress(quiet: bool) -> bool:

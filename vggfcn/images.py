@@ -104,11 +104,11 @@ def load_input(path: str, preprocess: str) -> np.ndarray:
         FormatError: unreadable file, object array, wrong dtype or shape.
     """
     _check_mode(preprocess)
-    if _is_npy(path):
+    if is_npy(path):
         batch = _load_array(path, preprocess)
     else:
         batch = preprocess_image(load_image(path), preprocess)[np.newaxis]
-    _check_size(path, batch.shape[1], batch.shape[2])
+    check_size(path, batch.shape[1], batch.shape[2])
     return batch
 
 
@@ -138,7 +138,7 @@ def _check_mode(mode: str) -> None:
         )
 
 
-def _is_npy(path: str) -> bool:
+def is_npy(path: str) -> bool:
     """Whether the file starts with the .npy magic; sniffed, so the file's name does not matter."""
     if os.path.isdir(path):
         raise FormatError(f"{path}: is a directory, expected an image or a .npy file")
@@ -194,7 +194,7 @@ def _as_batch(path: str, array: np.ndarray) -> np.ndarray:
     return batch
 
 
-def _check_size(path: str, height: int, width: int) -> None:
+def check_size(path: str, height: int, width: int) -> None:
     if height < MIN_INPUT or width < MIN_INPUT:
         raise VggfcnError(
             f"{path}: input is {height}x{width} (HxW); the network needs at least "

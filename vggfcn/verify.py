@@ -12,12 +12,14 @@ logits are 0.1 and one whose logits are 300.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from . import forward
-from .arch import MIN_INPUT
+from .arch import MIN_INPUT, POOL5_SIZE
 from .errors import ArchitectureError
 from .weights import VGGWeights
 
@@ -31,8 +33,29 @@ PIXEL_RANGE = 128.0
 
 
 @dataclass(frozen=True)
+class Agreement:
+    """How closely candidate logits match reference logits, row by row."""
+
+    max_abs_error: float
+    scale: float  # max(1, max |reference logit|)
+    max_scaled_error: float  # max_abs_error / scale
+    top1_agreement: float  # fraction of rows whose top-1 class matches
+    top5_agreement: float  # fraction of rows whose top-5 set matches
+    passed: bool
+
+
+@dataclass(frozen=True)
+class SpatialCheck:
+    """At a larger input, every cell of the FCN's map against the classifier on its window."""
+
+    size: int
+    map_shape: tuple[int, int]
+    agreement: Agreement
+
+
+@dataclass(frozen=True)
 class VerifyReport:
-    """What verify measured; `passed` is the verdict."""
+    """What verify measured; `passed` is the verdict over every check."""
 
     arch: str
     classes: int
@@ -45,11 +68,12 @@ class VerifyReport:
     max_scaled_error: float  # max_abs_error / scale
     top1_agreement: float  # fraction of inputs (images and probes) whose top-1 class matches
     top5_agreement: float  # fraction of inputs whose top-5 set matches
+    spatial: tuple[SpatialCheck, ...]
     atol: float
     rtol: float
     softmax: str  # whether the original's last layer had a softmax (compared: logits before it)
+    trunk_shared: bool  # trunk weights bit-identical, so each pool5 was computed once for both
     passed: bool
-    trunk_shared: bool  # trunk weights bit-identical, so pool5 was computed once for both
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -67,21 +91,98 @@ def verify(
     *,
     images: int = 1,
     probes: int = 8,
+    sizes: Sequence[int] = (288,),
     seed: int = 0,
     atol: float = ATOL,
     rtol: float = RTOL,
 ) -> VerifyReport:
-    """Compare the original classifier and the converted network at 224x224.
+    """Compare the original classifier and the converted network.
+
+    At 224x224 the two must give the same logits. At each larger size in `sizes` (288 gives a
+    3x3 map), every cell (i, j) of the converted network's map must equal the original
+    classifier applied to the matching 7x7 window of pool5 — exactly, up to float rounding.
 
     Args:
         images: deterministic 224x224 inputs run through both whole networks.
         probes: extra random pool5 volumes run through both heads.
+        sizes: input sides for the spatial check (>= 224; 224 itself adds nothing).
         seed: seed of the images and probes.
         atol, rtol: the tolerance rule in the module docstring.
 
     Raises:
         ArchitectureError: the two are not the same architecture, or are the wrong way round.
     """
+    _check_pair(original, converted)
+    channels = original.arch.in_channels
+    # The trunk is the same function of the same weights in both networks: when the converted
+    # file holds bit-identical trunk tensors, its pool5 *is* the original's, and running it again
+    # would prove nothing and double the cost. Any difference and it runs on its own weights.
+    shared = trunks_identical(original, converted)
+
+    def pool5s(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pool5 = forward.trunk(original, x)
+        return pool5, pool5 if shared else forward.trunk(converted, x)
+
+    pool5, fcn_pool5 = pool5s(sample_images(images, seed, MIN_INPUT, channels))
+    # Probes: random non-negative pool5 volumes on the activations' scale, through both heads.
+    # Cheap (no trunk), and they reach the fc6 weights that one image's zero activations hide.
+    extra = pool5_probes(probes, seed, pool5)
+    reference = forward.classifier_head(original, np.concatenate([pool5, extra]))
+    candidate = forward.fcn_head(converted, np.concatenate([fcn_pool5, extra]))
+    main = compare(reference, candidate.reshape(reference.shape), atol, rtol)
+
+    spatial = []
+    for size in sorted({s for s in sizes if s > MIN_INPUT}):
+        pool5, fcn_pool5 = pool5s(sample_images(1, seed, size, channels))
+        score_map = forward.fcn_head(converted, fcn_pool5)[0]  # (h, w, classes)
+        h, w, k = score_map.shape
+        windows = sliding_window_view(pool5[0], (POOL5_SIZE, POOL5_SIZE), axis=(0, 1))
+        windows = windows.transpose(0, 1, 3, 4, 2).reshape(h * w, POOL5_SIZE, POOL5_SIZE, -1)
+        per_window = forward.classifier_head(original, np.ascontiguousarray(windows))
+        agreement = compare(per_window, score_map.reshape(h * w, k), atol, rtol)
+        spatial.append(SpatialCheck(size, (h, w), agreement))
+
+    return VerifyReport(
+        arch=original.arch.name,
+        classes=original.arch.classes,
+        images=images,
+        probes=probes,
+        seed=seed,
+        size=MIN_INPUT,
+        max_abs_error=main.max_abs_error,
+        scale=main.scale,
+        max_scaled_error=main.max_scaled_error,
+        top1_agreement=main.top1_agreement,
+        top5_agreement=main.top5_agreement,
+        spatial=tuple(spatial),
+        atol=atol,
+        rtol=rtol,
+        softmax=original.source.softmax_label,
+        trunk_shared=shared,
+        passed=main.passed and all(c.agreement.passed for c in spatial),
+    )
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float) -> Agreement:
+    """Apply the tolerance rule to (rows, classes) logits and measure top-k agreement."""
+    error = np.abs(candidate.astype(np.float64) - reference)
+    scale = max(1.0, float(np.abs(reference).max()))
+    bound = atol * scale + rtol * np.abs(reference)
+    k = min(5, reference.shape[1])
+    top_ref, top_cand = _top(reference, k), _top(candidate, k)
+    return Agreement(
+        max_abs_error=float(error.max()),
+        scale=scale,
+        max_scaled_error=float(error.max()) / scale,
+        top1_agreement=float(np.mean(top_ref[:, 0] == top_cand[:, 0])),
+        top5_agreement=float(
+            np.mean([set(a) == set(b) for a, b in zip(top_ref, top_cand, strict=True)])
+        ),
+        passed=bool(np.all(error <= bound)),
+    )
+
+
+def _check_pair(original: VGGWeights, converted: VGGWeights) -> None:
     if original.convolutional_head or not converted.convolutional_head:
         raise ArchitectureError(
             f"{original.source.path}, {converted.source.path}: expected the original classifier "
@@ -92,44 +193,6 @@ def verify(
             f"{converted.source.path}: converted network is {_describe(converted)}, but the "
             f"original is {_describe(original)}"
         )
-    x = sample_images(images, seed, MIN_INPUT, original.arch.in_channels)
-    pool5 = forward.trunk(original, x)
-    # The trunk is the same function of the same weights in both networks: when the converted
-    # file holds bit-identical trunk tensors, its pool5 *is* this pool5, and running it again
-    # would prove nothing and double the cost. Any difference and it runs on its own weights.
-    shared = trunks_identical(original, converted)
-    fcn_pool5 = pool5 if shared else forward.trunk(converted, x)
-    # Probes: random non-negative pool5 volumes on the activations' scale, through both heads.
-    # Cheap (no trunk), and they reach the fc6 weights that one image's zero activations hide.
-    extra = pool5_probes(probes, seed, pool5)
-    reference = forward.classifier_head(original, np.concatenate([pool5, extra]))
-    candidate = forward.fcn_head(converted, np.concatenate([fcn_pool5, extra]))
-    candidate = candidate.reshape(reference.shape)
-    error = np.abs(candidate.astype(np.float64) - reference)
-    scale = max(1.0, float(np.abs(reference).max()))
-    bound = atol * scale + rtol * np.abs(reference)
-    k = min(5, original.arch.classes)
-    top_ref, top_fcn = _top(reference, k), _top(candidate, k)
-    return VerifyReport(
-        arch=original.arch.name,
-        classes=original.arch.classes,
-        images=images,
-        probes=probes,
-        seed=seed,
-        size=MIN_INPUT,
-        max_abs_error=float(error.max()),
-        scale=scale,
-        max_scaled_error=float(error.max()) / scale,
-        top1_agreement=float(np.mean(top_ref[:, 0] == top_fcn[:, 0])),
-        top5_agreement=float(
-            np.mean([set(a) == set(b) for a, b in zip(top_ref, top_fcn, strict=True)])
-        ),
-        atol=atol,
-        rtol=rtol,
-        softmax=original.source.softmax_label,
-        passed=bool(np.all(error <= bound)),
-        trunk_shared=shared,
-    )
 
 
 def pool5_probes(count: int, seed: int, pool5: np.ndarray) -> np.ndarray:
