@@ -1,0 +1,540 @@
+"""PyTorch zip checkpoints (`torch.save`, torch >= 1.6), read without torch and running nothing.
+
+Why not `torch.load`: it unpickles, and a pickle can call any function it names; torch's own
+`weights_only=True` guard needs torch at run time, a multi-GB dependency we refuse. The container
+is simple enough to own: a zip holding `<archive>/data.pkl` (a protocol-2 pickle that describes
+the tensors), `<archive>/data/<key>` (raw storages, stored uncompressed and 64-byte aligned) and
+`<archive>/byteorder` ("little" when absent). The pickle goes through an allowlist: each global a
+plain tensor state dict needs maps to a small object of ours, anything else is refused before it
+is looked up, so nothing from the file is ever executed. Before that, `scan_pickle` walks the
+opcodes so that no length field or memo index can make the unpickler allocate more than the
+file holds. Tensors become read-only views of a memory map of the file: no weight is copied.
+
+Decisions:
+- Wrapper dicts: `{"state_dict": sd, ...}` or `{"model": sd, ...}` (training checkpoints) yield
+  `sd`; the wrapper's other entries (epoch, optimizer state...) are ignored.
+- Values of the state dict that are not tensors (plain ints, strings) are skipped. Integer and
+  bool tensors (`num_batches_tracked`) are returned with their own dtype; the caller decides.
+- bfloat16 tensors are refused, naming the tensor: NumPy has no bfloat16 type, and handing out
+  raw uint16 bits risks them being read as numbers.
+- Compressed storage members are refused (torch never writes them, and a memory map needs the
+  raw bytes); a compressed `data.pkl` is read, bounded by its declared size.
+- The legacy pre-1.6 format (a bare pickle stream) is refused with a hint to re-save the file.
+- Also refused, by global name: `_rebuild_tensor` (pre-1.0 pickles, never inside a zip),
+  `_rebuild_tensor_v3` (uint16/float8 and other post-2.0 dtypes), complex and quantized storages,
+  `torch.storage._load_from_bytes`, and whole pickled modules.
+- Storage bytes are bounds-checked but not CRC-checked: that would read every weight.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import pickle
+import pickletools
+import struct
+import zipfile
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+
+from ..errors import FormatError
+from .detect import ZIP_MAGIC
+
+#: The pickle of a state dict is a few bytes per tensor; anything larger is not a state dict.
+PICKLE_MAX_BYTES = 100_000_000
+#: What `torch.save(..., _use_new_zipfile_serialization=False)` writes first (pickled magic number).
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+#: A zip local file header; fields 10 and 11 are the name and extra-field lengths.
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+_MAX_DIMS = 32
+
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    ValueError,
+    struct.error,
+    NotImplementedError,
+    OverflowError,
+)
+#: What a corrupt or hostile pickle can make the unpickler raise once globals are gated.
+_PICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    MemoryError,
+    struct.error,
+)
+
+
+#: Opcode byte -> description, for the pre-scan. Protocol 5's out-of-band buffers and the
+#: copyreg extension registry (EXT1/2/4) have no place in a checkpoint.
+_OPCODES = {
+    op.code.encode("latin-1")[0]: op
+    for op in pickletools.opcodes
+    if op.proto <= 4 and not op.name.startswith("EXT")
+}
+_MEMO_PUTS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"})
+#: Argument length prefixes: pickletools' marker -> (bytes in the prefix, signed).
+_COUNTED = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+
+
+class _StorageType(NamedTuple):
+    """What `torch.FloatStorage` & co. stand for: an element type (immutable, like all we give)."""
+
+    name: str
+    dtype: np.dtype[Any] | None  # None: NumPy has no such type (bfloat16)
+    itemsize: int
+
+
+_STORAGE_TYPES = {
+    t.name: t
+    for t in (
+        _StorageType("FloatStorage", np.dtype("f4"), 4),
+        _StorageType("DoubleStorage", np.dtype("f8"), 8),
+        _StorageType("HalfStorage", np.dtype("f2"), 2),
+        _StorageType("BFloat16Storage", None, 2),
+        _StorageType("LongStorage", np.dtype("i8"), 8),
+        _StorageType("IntStorage", np.dtype("i4"), 4),
+        _StorageType("ShortStorage", np.dtype("i2"), 2),
+        _StorageType("CharStorage", np.dtype("i1"), 1),
+        _StorageType("ByteStorage", np.dtype("u1"), 1),
+        _StorageType("BoolStorage", np.dtype("?"), 1),
+    )
+}
+
+
+class _Storage(NamedTuple):
+    """One storage member, located in the file and checked to hold `numel` elements."""
+
+    member: str
+    start: int  # file offset of its first byte
+    numel: int
+    type: _StorageType
+
+
+class _Unreadable(NamedTuple):
+    """A tensor we will not hand out; refused, naming it, if it is in the returned state dict."""
+
+    reason: str
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Read a `torch.save` checkpoint's tensors as memory-mapped arrays, executing nothing.
+
+    Args:
+        path: a zip checkpoint written by `torch.save` (torch >= 1.6), e.g. `vgg16-397923af.pth`.
+    Returns:
+        tensor name -> read-only array viewing the file (its base is an `np.memmap`), in file
+        order, with the tensor's dtype, shape and strides (OIHW conv kernels stay OIHW).
+    Raises:
+        FormatError: not a torch zip checkpoint, the legacy format, a corrupt or truncated
+        archive, a pickle global outside the allowlist, a compressed storage, a bfloat16 tensor,
+        a tensor reaching outside its storage, or no tensors at all.
+
+    Example:
+        >>> sd = read_state_dict("vgg16-397923af.pth")
+        >>> sd["features.0.weight"].shape
+        (64, 3, 3, 3)
+    """
+    _check_magic(path)
+    archive, pickled = _open_archive(path)
+    scan_pickle(pickled, 0, path, "data.pkl")
+    top = _unpickle(path, pickled, archive)
+    return _tensors(path, _state_dict(path, top))
+
+
+@dataclass(frozen=True)
+class _Archive:
+    """The zip's members and a read-only map of its bytes: what storage references resolve to."""
+
+    path: str
+    members: dict[str, zipfile.ZipInfo]
+    prefix: str  # "<archive>/"
+    byteorder: Literal["<", ">"]
+    buffer: np.memmap
+
+    def storage(self, key: str, stype: _StorageType, numel: int) -> _Storage:
+        """Locate `<archive>/data/<key>` and check it holds `numel` elements of `stype`."""
+        name = f"{self.prefix}data/{key}"
+        info, shown = self.members.get(name), _printable(name)
+        if info is None:
+            raise FormatError(
+                f"{self.path}: storage member {_show(name)} is missing from the archive"
+            )
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise FormatError(
+                f"{self.path}: member {shown} is compressed; storages must be stored as "
+                "torch.save writes them (re-save the checkpoint with torch.save)"
+            )
+        need = numel * stype.itemsize
+        if info.file_size < need:
+            raise FormatError(
+                f"{self.path}: member {shown} holds {info.file_size} bytes, but its {numel} "
+                f"{stype.name} elements need {need}"
+            )
+        return _Storage(shown, self._data_start(info), numel, stype)
+
+    def _data_start(self, info: zipfile.ZipInfo) -> int:
+        """Where a member's bytes begin: after its local header, whose extra field torch pads."""
+        at, name = info.header_offset, _printable(info.filename)
+        raw = self.buffer[at : at + _LOCAL_HEADER.size].tobytes()
+        if len(raw) < _LOCAL_HEADER.size or raw[:4] != _LOCAL_SIGNATURE:
+            raise FormatError(f"{self.path}: member {name} has no local header at offset {at}")
+        fields = _LOCAL_HEADER.unpack(raw)
+        name_start = at + _LOCAL_HEADER.size
+        local_name = self.buffer[name_start : name_start + fields[10]].tobytes()
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        if local_name != info.orig_filename.encode(encoding, "replace"):
+            raise FormatError(
+                f"{self.path}: member {name}: local header names {local_name[:80]!r} (corrupt zip)"
+            )
+        start: int = name_start + fields[10] + fields[11]
+        if start + info.file_size > len(self.buffer):
+            raise FormatError(
+                f"{self.path}: member {name} runs past the end of the file (truncated)"
+            )
+        return start
+
+    def view(
+        self,
+        storage: _Storage,
+        element: np.dtype[Any],
+        offset: int,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],
+    ) -> np.ndarray:
+        """The tensor as a strided view of the map, after checking it stays inside its storage."""
+        if 0 in shape:
+            last, fits = offset, offset <= storage.numel
+        else:
+            last = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
+            fits = last < storage.numel
+        if not fits:
+            raise FormatError(
+                f"{self.path}: a tensor of shape {shape} at element offset {offset} reaches "
+                f"element {last} of member {storage.member}, which holds {storage.numel}"
+            )
+        dtype = element.newbyteorder(self.byteorder)
+        return np.ndarray(
+            shape,
+            dtype,
+            buffer=self.buffer,
+            offset=storage.start + offset * dtype.itemsize,
+            strides=tuple(s * dtype.itemsize for s in strides),
+        )
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickles a tensor state dict through an allowlist; every allowed global is ours.
+
+    Allowed globals are bound methods and immutable tuples, so a hostile pickle cannot alter
+    them (BUILD on them fails) and nothing it does outlives this one load.
+    """
+
+    def __init__(self, data: bytes, archive: _Archive) -> None:
+        super().__init__(io.BytesIO(data))
+        self._archive = archive
+        self._path = archive.path
+        self._storages: dict[str, _Storage] = {}
+        self._globals: dict[tuple[str, str], Any] = {
+            ("collections", "OrderedDict"): self._ordered_dict,
+            ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor_v2,
+            ("torch._utils", "_rebuild_parameter"): self._rebuild_parameter,
+            **{("torch", name): stype for name, stype in _STORAGE_TYPES.items()},
+        }
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self._globals.get((module, name))
+        if found is None:
+            raise FormatError(
+                f"{self._path}: refused to unpickle global {_printable(module)}.{_printable(name)} "
+                "(only plain tensor state dicts are read; nothing was executed)"
+            )
+        return found
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        """Resolve torch's `('storage', type, key, location, numel)` to a checked member."""
+        if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
+            raise FormatError(f"{self._path}: data.pkl refers to an unknown object ({_show(pid)})")
+        _, stype, key, _location, numel = pid
+        if not (isinstance(stype, _StorageType) and type(key) is str and _is_count(numel)):
+            raise FormatError(f"{self._path}: data.pkl has a malformed storage reference")
+        known = self._storages.get(key)
+        if known is None:
+            known = self._storages[key] = self._archive.storage(key, stype, numel)
+        elif known.type != stype or known.numel != numel:
+            raise FormatError(
+                f"{self._path}: storage {_show(key)} is described in two different ways"
+            )
+        return known
+
+    def _ordered_dict(self, *args: Any) -> OrderedDict[Any, Any]:
+        return OrderedDict(*args)
+
+    def _rebuild_tensor_v2(
+        self,
+        storage: Any,
+        storage_offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any = False,
+        backward_hooks: Any = None,
+        metadata: Any = None,
+    ) -> np.ndarray | _Unreadable:
+        """torch's tensor constructor, as a view of the file; grad flags and hooks are dropped."""
+        shape, strides = _dims(size), _dims(stride)
+        if not (
+            isinstance(storage, _Storage)
+            and _is_count(storage_offset)
+            and shape is not None
+            and strides is not None
+            and len(shape) == len(strides)
+        ):
+            raise FormatError(f"{self._path}: data.pkl describes a tensor with invalid arguments")
+        if metadata:
+            return _Unreadable(
+                "has its conj/neg bit set, so its stored bytes are not its values; "
+                "re-save it after .resolve_conj().resolve_neg()"
+            )
+        element = storage.type.dtype
+        if element is None:
+            return _Unreadable(
+                "is bfloat16, which NumPy cannot represent; re-save the checkpoint as float32 "
+                "(e.g. {k: v.float() for k, v in sd.items()})"
+            )
+        return self._archive.view(storage, element, storage_offset, shape, strides)
+
+    def _rebuild_parameter(self, data: Any, *_flags: Any) -> np.ndarray | _Unreadable:
+        """nn.Parameter: the tensor itself (requires_grad and hooks do not matter here)."""
+        if not isinstance(data, np.ndarray | _Unreadable):
+            raise FormatError(f"{self._path}: data.pkl wraps a non-tensor in a Parameter")
+        return data
+
+
+def scan_pickle(data: bytes | mmap.mmap, start: int, path: str, what: str) -> None:
+    """Walk a pickle's opcodes before unpickling it: known opcodes, every length inside `data`.
+
+    Why: CPython's unpickler allocates whatever a length field claims before reading, and grows
+    its memo to any index it is given, so a 20-byte pickle can demand gigabytes. Writers number
+    memo entries 0, 1, 2...; we refuse an index beyond the next one. Nothing is decoded here.
+
+    Raises:
+        FormatError: an unknown, protocol-5 or EXT opcode, an argument running past the end of
+        the data, a memo index out of sequence, or no STOP.
+    """
+    pos, memo, end = start, 0, len(data)
+    while pos < end:
+        op = _OPCODES.get(data[pos])
+        if op is None:
+            raise FormatError(
+                f"{path}: {what} has an unsupported pickle opcode {data[pos]:#04x} at byte {pos}"
+            )
+        at, pos = pos, pos + 1
+        arg, value = op.arg, b""
+        if arg is None:
+            pass
+        elif arg.n >= 0:
+            value, pos = data[pos : pos + arg.n], pos + arg.n
+        elif arg.n == pickletools.UP_TO_NEWLINE:
+            for _ in range(2 if arg.name == "stringnl_noescape_pair" else 1):
+                newline = data.find(b"\n", pos)
+                value, pos = data[pos:newline], (newline + 1 if newline >= 0 else end + 1)
+        else:
+            width, signed = _COUNTED[arg.n]
+            count = int.from_bytes(data[pos : pos + width], "little", signed=signed)
+            pos += width + (count if count >= 0 else end)
+        framed = int.from_bytes(value, "little") if op.name == "FRAME" else 0
+        if pos + framed > end:
+            raise FormatError(
+                f"{path}: {what} is truncated ({op.name} at byte {at} runs past its end)"
+            )
+        if op.name == "STOP":
+            return
+        if op.name in _MEMO_PUTS:
+            index = memo if op.name == "MEMOIZE" else _memo_index(op.name, value)
+            if index is None or index > memo:
+                raise FormatError(f"{path}: {what} stores memo entry {index} out of sequence")
+            memo = max(memo, index + 1)
+    raise FormatError(f"{path}: {what} is truncated (no STOP opcode)")
+
+
+def _memo_index(name: str, value: bytes) -> int | None:
+    """The index PUT (a decimal line) or BINPUT/LONG_BINPUT (little-endian) stores under."""
+    if name != "PUT":
+        return int.from_bytes(value, "little")
+    text = value.strip()
+    return int(text) if text.isdigit() and len(text) < 20 else None
+
+
+def _check_magic(path: str) -> None:
+    """Refuse, by content, anything that is not a zip, naming the legacy format when we see it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LEGACY_MAGIC))
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read ({e.strerror})") from None
+    if head.startswith(LEGACY_MAGIC):
+        raise FormatError(
+            f"{path}: legacy PyTorch format (torch < 1.6), which is not read; "
+            "re-save with torch >= 1.6: torch.save(torch.load(old), new)"
+        )
+    if not head.startswith(ZIP_MAGIC):
+        raise FormatError(
+            f"{path}: not a zip archive (first bytes {head[:8]!r}); "
+            "expected a torch.save checkpoint"
+        )
+
+
+def _open_archive(path: str) -> tuple[_Archive, bytes]:
+    """Read the zip's directory, vet every member's declared size, and read data.pkl."""
+    try:
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            members = _members(path, infos, size)
+            prefix = _prefix(path, members)
+            pickled = _read_small(path, z, members[prefix + "data.pkl"])
+            order = members.get(prefix + "byteorder")
+            byteorder = _read_small(path, z, order) if order else b"little"
+        buffer = np.memmap(path, dtype=np.uint8, mode="r")
+    except FormatError:
+        raise
+    except _ZIP_ERRORS as e:
+        raise FormatError(f"{path}: corrupt zip archive ({_printable(str(e), 200)})") from None
+    if byteorder not in (b"little", b"big"):
+        raise FormatError(
+            f"{path}: member {prefix}byteorder says {byteorder[:20]!r}, expected little or big"
+        )
+    return _Archive(path, members, prefix, "<" if byteorder == b"little" else ">", buffer), pickled
+
+
+def _members(path: str, infos: list[zipfile.ZipInfo], size: int) -> dict[str, zipfile.ZipInfo]:
+    """Name -> entry, refusing duplicates and sizes the archive cannot hold (bomb, corruption)."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        if info.filename in members:
+            raise FormatError(
+                f"{path}: member {_printable(info.filename)} appears twice in the archive"
+            )
+        declared = max(info.file_size, info.compress_size)
+        if declared > size or info.header_offset + info.compress_size > size:
+            raise FormatError(
+                f"{path}: member {_printable(info.filename)} declares {declared} bytes at offset "
+                f"{info.header_offset}, beyond the archive's {size} bytes (corrupt or a zip bomb)"
+            )
+        members[info.filename] = info
+    return members
+
+
+def _prefix(path: str, members: dict[str, zipfile.ZipInfo]) -> str:
+    """The `<archive>/` directory holding data.pkl; exactly one must exist."""
+    found = [
+        n[: -len("data.pkl")] for n in members if n.endswith("/data.pkl") and n.count("/") == 1
+    ]
+    if len(found) != 1:
+        names = ", ".join(list(members)[:5]) or "none"
+        what = "no <archive>/data.pkl member" if not found else f"{len(found)} data.pkl members"
+        raise FormatError(
+            f"{path}: not a PyTorch checkpoint: {what} (members: {_printable(names)})"
+        )
+    return found[0]
+
+
+def _read_small(path: str, z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """Read a metadata member fully, bounded by its declared (already vetted) size."""
+    name = _printable(info.filename)
+    if info.file_size > PICKLE_MAX_BYTES:
+        raise FormatError(
+            f"{path}: member {name} is {info.file_size} bytes, more than a state dict pickle "
+            f"ever needs ({PICKLE_MAX_BYTES})"
+        )
+    if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise FormatError(f"{path}: member {name} is encrypted or oddly compressed")
+    try:
+        return z.read(info)
+    except _ZIP_ERRORS as e:
+        detail = _printable(str(e), 200)
+        raise FormatError(f"{path}: member {name} cannot be read ({detail})") from None
+
+
+def _unpickle(path: str, data: bytes, archive: _Archive) -> Any:
+    """Run data.pkl through the gated unpickler, turning every failure into one FormatError."""
+    try:
+        return _Unpickler(data, archive).load()
+    except FormatError:
+        raise
+    except _PICKLE_ERRORS as e:
+        detail = _printable(f"{type(e).__name__}: {e}", 200)
+        raise FormatError(f"{path}: data.pkl is corrupt ({detail})") from None
+
+
+def _state_dict(path: str, top: Any) -> dict[Any, Any]:
+    """The state dict itself, or the one a training checkpoint wraps under "state_dict"/"model"."""
+    if not isinstance(top, dict):
+        what = "a single tensor" if isinstance(top, np.ndarray) else f"a {type(top).__name__}"
+        raise FormatError(f"{path}: the checkpoint holds {what}, expected a state dict")
+    for key in ("state_dict", "model"):
+        inner = top.get(key)
+        if isinstance(inner, dict):
+            return inner
+    return top
+
+
+def _tensors(path: str, state: dict[Any, Any]) -> dict[str, np.ndarray]:
+    """Name -> array for every tensor value; other values are skipped, unreadable ones refused."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in state.items():
+        if not isinstance(value, np.ndarray | _Unreadable):
+            continue
+        if type(name) is not str:
+            raise FormatError(f"{path}: a tensor is stored under {_show(name)}, not a string name")
+        if isinstance(value, _Unreadable):
+            raise FormatError(f"{path}: tensor {_printable(name)} {value.reason}")
+        arrays[name] = value
+    if not arrays:
+        keys = ", ".join(_show(k) for k in list(state)[:8]) or "none"
+        raise FormatError(f"{path}: no tensors found in the state dict (keys: {keys})")
+    return arrays
+
+
+def _dims(value: Any) -> tuple[int, ...] | None:
+    """A shape or stride tuple of non-negative ints, or None when it is anything else."""
+    if type(value) is not tuple or len(value) > _MAX_DIMS or not all(map(_is_count, value)):
+        return None
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _printable(text: str, limit: int = 100) -> str:
+    """Text from the file, safe in a one-line message: as is when printable, else its repr."""
+    text = text[:limit]
+    return text if text.isprintable() else repr(text)
+
+
+def _show(value: object) -> str:
+    """A value from the file, described without a repr that could be huge or span lines."""
+    if type(value) in (str, bytes):
+        return repr(value[:60])  # type: ignore[index]
+    return f"a {type(value).__name__}"
