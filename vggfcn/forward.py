@@ -7,6 +7,8 @@ size of a large layer (those run one GEMM per kernel tap instead).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -135,12 +137,18 @@ def classifier_head(weights: VGGWeights, pool5: np.ndarray) -> np.ndarray:
 
 def fcn_head(weights: VGGWeights, pool5: np.ndarray) -> np.ndarray:
     """The convolutional head: (N, h, w, C5) -> score map (N, h-6, w-6, classes), no softmax."""
+    return fcn_heads(weights, [pool5])[0]
+
+
+def fcn_heads(weights: VGGWeights, pool5s: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The convolutional head on several pool5 maps of any sizes, reading each layer once."""
     if not weights.convolutional_head:
         raise VggfcnError(f"{weights.source.path}: has a dense head, not a convolutional one")
-    fc6, fc7, fc8 = weights.head
-    x = conv2d(pool5, fc6.kernel.read(), fc6.bias.read(), same=False, relu=True)
-    x = conv2d(x, fc7.kernel.read(), fc7.bias.read(), same=False, relu=True)
-    return conv2d(x, fc8.kernel.read(), fc8.bias.read(), same=False)
+    xs = list(pool5s)
+    for i, layer in enumerate(weights.head):
+        kernel, bias = layer.kernel.read(), layer.bias.read()
+        xs = [conv2d(x, kernel, bias, same=False, relu=i < 2) for x in xs]
+    return xs
 
 
 def logits(weights: VGGWeights, images: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import FormatError
 from ..weights import Tensor
 from .detect import SAFETENSORS_MAX_HEADER
+from .region import FileRegion
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "F32": np.dtype("<f4"),
@@ -133,17 +134,20 @@ def read_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
 
 
 def open_tensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Memory-map every tensor of a validated safetensors file (nothing is read yet)."""
+    """Lazy tensors over a validated safetensors file (nothing is read yet).
+
+    Tensors are read with positioned reads into private arrays rather than memory-mapped:
+    mapped pages count towards the process's memory as long as the map lives, while a read
+    array is freed as soon as the layer that needed it is done.
+    """
     entries, metadata, data_start = read_header(path)
     tensors: dict[str, Tensor] = {}
-    if not entries:
-        return tensors, metadata
-    buffer = np.memmap(path, dtype=np.uint8, mode="r")
     for name, entry in entries.items():
-        begin, end = entry["data_offsets"]
-        view = buffer[data_start + begin : data_start + end].view(_DTYPES[entry["dtype"]])
-        shape = tuple(entry["shape"])
-        tensors[name] = Tensor.wrap(view.reshape(shape), f"{path}:{name}")
+        begin = entry["data_offsets"][0]
+        region = FileRegion(
+            path, data_start + begin, tuple(entry["shape"]), _DTYPES[entry["dtype"]]
+        )
+        tensors[name] = Tensor.wrap(region, f"{path}:{name}")
     return tensors, metadata
 
 
