@@ -64,6 +64,7 @@ def test_output_holds_every_tensor_with_metadata(
         "format_version": "1",
         "arch": "vgg16",
         "layout": "HWIO",
+        "names": "vggfcn",
         "classes": str(TINY.classes),
         "source_format": f"keras-h5/{generation}",
         "source_file": source.name,

@@ -46,3 +46,17 @@ def test_full_size_wrong_flatten_order_fails(full_keras1: Path) -> None:
     with load(str(full_keras1)) as classifier:
         report = verify(classifier, fc6_read_as_chw(to_fcn(classifier)), images=1)
     assert not report.passed
+
+
+def test_full_size_torchvision_pth_converts_and_verifies(tmp_path: Path) -> None:
+    import torch
+
+    from fixtures.torch_vgg import classifier
+
+    source = tmp_path / "vgg16-torchvision.pth"
+    torch.save(classifier((64, 128, 256, 512, 512), 4096, 1000).state_dict(), source)
+    out = tmp_path / "vgg16.fcn.safetensors"
+    result = convert_file(str(source), str(out), layout="oihw", names="torch")
+    assert result.parameters == VGG16_PARAMETERS and result.fc6_shape == (4096, 512, 7, 7)
+    report = verify_files(str(source), str(out))
+    assert report.passed and all(c.agreement.passed for c in report.spatial)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from . import heatmap, imagenet, images
 from .atomic import atomic_write, check_output
-from .convert import metadata, named_tensors, to_fcn
+from .convert import LAYOUTS, NAME_SCHEMES, metadata, named_tensors, tensor_names, to_fcn
 from .errors import VggfcnError
 from .formats import load, safetensors_io
 from .predict import class_probabilities, score_map
@@ -38,7 +38,13 @@ class ConvertResult:
 
 
 def convert_file(
-    source: str, output: str, *, force: bool = False, progress: bool = False
+    source: str,
+    output: str,
+    *,
+    layout: str = "hwio",
+    names: str = "vggfcn",
+    force: bool = False,
+    progress: bool = False,
 ) -> ConvertResult:
     """Convert a VGG classifier checkpoint into a fully-convolutional safetensors file.
 
@@ -56,7 +62,9 @@ def convert_file(
         # digest's fixed length lets the header be written first and patched at the end.
         digest = pool.submit(sha256_file, source)
         fcn = to_fcn(weights)
-        tensors = named_tensors(fcn)
+        if layout not in LAYOUTS or names not in NAME_SCHEMES:
+            raise VggfcnError(f"layout must be one of {LAYOUTS}, names one of {NAME_SCHEMES}")
+        tensors = named_tensors(fcn, layout, names)
         name = os.path.basename(source)
         total = sum(t.size * 4 for t in tensors.values())
         with (
@@ -74,16 +82,16 @@ def convert_file(
             safetensors_io.write(
                 f,
                 tensors,
-                metadata(fcn, name, "0" * 64),
+                metadata(fcn, name, "0" * 64, layout, names),
                 bar.update,
-                final_metadata=lambda: metadata(fcn, name, digest.result()),
+                final_metadata=lambda: metadata(fcn, name, digest.result(), layout, names),
             )
         return ConvertResult(
             output=output,
             arch=fcn.arch.name,
             classes=fcn.arch.classes,
             parameters=fcn.arch.parameter_count(),
-            fc6_shape=fcn.head[0].kernel.shape,
+            fc6_shape=tensors[tensor_names(fcn, names)[len(fcn.trunk)][0]].shape,
             bytes_written=os.path.getsize(output),
             source_sha256=digest.result(),
         )

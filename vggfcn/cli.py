@@ -15,6 +15,7 @@ import click
 
 from . import __version__, api, selfcheck
 from .arch import MIN_INPUT
+from .convert import LAYOUTS, NAME_SCHEMES
 from .errors import ExitCode, VggfcnError
 from .images import PREPROCESS_MODES
 from .predict import top_cells
@@ -52,26 +53,47 @@ _json = click.option("--json", "as_json", is_flag=True, help="Print one JSON obj
 @main.command()
 @click.argument("source", type=click.Path(dir_okay=True))
 @click.argument("output", type=click.Path())
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default="hwio",
+    show_default=True,
+    help="Kernel layout: hwio (Keras/TF/JAX) or oihw (PyTorch nn.Conv2d).",
+)
+@click.option(
+    "--names",
+    type=click.Choice(NAME_SCHEMES),
+    default="vggfcn",
+    show_default=True,
+    help="Tensor names: vggfcn (block1_conv1.kernel, fc6.bias) or torch (features.N.weight, "
+    "fc6.weight: loads into a torchvision-style VGG with conv heads).",
+)
 @click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists (atomically).")
 @_quiet
 @_json
-def convert(source: str, output: str, force: bool, quiet: bool, as_json: bool) -> None:
+def convert(
+    source: str, output: str, layout: str, names: str, force: bool, quiet: bool, as_json: bool
+) -> None:
     """Convert a VGG classifier checkpoint SOURCE into a fully-convolutional OUTPUT.
 
-    SOURCE is a Keras HDF5 file (any generation); OUTPUT is written as safetensors, HWIO
-    kernels: fc6 becomes a 7x7 convolution, fc7 and fc8 1x1 convolutions.
+    SOURCE is a Keras HDF5 file (any generation), a torchvision or timm state dict (.pth or
+    safetensors; pickles are read without running them) or a tensorflow-vgg .npy, chosen by
+    content. OUTPUT is safetensors: fc6 becomes a 7x7 convolution, fc7 and fc8 1x1 ones.
 
     \b
-    Example:
+    Examples:
       vggfcn convert vgg16_weights_tf_dim_ordering_tf_kernels.h5 vgg16.fcn.safetensors
+      vggfcn convert vgg16-397923af.pth vgg16.fcn.safetensors --layout oihw --names torch
     """
-    result = api.convert_file(source, output, force=force, progress=_show_progress(quiet))
+    result = api.convert_file(
+        source, output, layout=layout, names=names, force=force, progress=_show_progress(quiet)
+    )
     if as_json:
         click.echo(json.dumps(asdict(result)))
     elif not quiet:
         click.echo(
             f"wrote {result.output}: {result.arch} fully convolutional, {result.classes} classes, "
-            f"{result.parameters:,} parameters, fc6 as {result.fc6_shape} HWIO"
+            f"{result.parameters:,} parameters, fc6 as {result.fc6_shape} {layout.upper()}"
         )
 
 

@@ -14,7 +14,6 @@ from .weights import Layer, Tensor, VGGWeights
 
 FORMAT = "vggfcn-fcn"
 FORMAT_VERSION = "1"
-LAYOUT = "HWIO"
 
 
 def to_fcn(weights: VGGWeights) -> VGGWeights:
@@ -35,21 +34,55 @@ def to_fcn(weights: VGGWeights) -> VGGWeights:
     return replace(weights, head=head, convolutional_head=True)
 
 
-def tensor_name(layer: str, part: str) -> str:
-    """Output naming scheme: `<layer>.<kernel|bias>`, e.g. `block1_conv1.kernel`, `fc6.bias`."""
-    return f"{layer}.{part}"
+#: Output layouts: HWIO (Keras, TensorFlow, JAX; our canonical form) or OIHW (`nn.Conv2d`).
+LAYOUTS = ("hwio", "oihw")
+HWIO_TO_OIHW = (3, 2, 0, 1)
+#: Output name schemes: ours (`block1_conv1.kernel`, `fc6.bias`), or torch's, loadable with
+#: `load_state_dict(strict=True)` into `features` (torchvision's Sequential) plus fc6/fc7/fc8.
+NAME_SCHEMES = ("vggfcn", "torch")
 
 
-def named_tensors(fcn: VGGWeights) -> dict[str, Tensor]:
-    """Every output tensor under its output name."""
+def torch_feature_indices(plan: tuple[int, ...]) -> list[int]:
+    """Indices of the convs in torchvision's `features` Sequential (each conv is followed by a
+    ReLU, each block by a MaxPool): 0, 2, 5, 7, 10, ... for VGG16."""
+    indices, i = [], 0
+    for convs in plan:
+        for _ in range(convs):
+            indices.append(i)
+            i += 2
+        i += 1
+    return indices
+
+
+def tensor_names(fcn: VGGWeights, scheme: str) -> list[tuple[str, str]]:
+    """(kernel name, bias name) of every layer, in model order, under a name scheme."""
+    if scheme == "torch":
+        trunk = [f"features.{i}" for i in torch_feature_indices(fcn.arch.plan)]
+        return [(f"{n}.weight", f"{n}.bias") for n in [*trunk, *(h.name for h in fcn.head)]]
+    return [(f"{layer.name}.kernel", f"{layer.name}.bias") for layer in fcn.layers]
+
+
+def named_tensors(
+    fcn: VGGWeights, layout: str = "hwio", scheme: str = "vggfcn"
+) -> dict[str, Tensor]:
+    """Every output tensor under its output name, kernels in the output layout (lazy)."""
     out: dict[str, Tensor] = {}
-    for layer in fcn.layers:
-        out[tensor_name(layer.name, "kernel")] = layer.kernel
-        out[tensor_name(layer.name, "bias")] = layer.bias
+    for layer, (kernel_name, bias_name) in zip(fcn.layers, tensor_names(fcn, scheme), strict=True):
+        kernel = layer.kernel
+        if layout == "oihw":
+            kernel = kernel.permute(kernel.shape, HWIO_TO_OIHW)
+        out[kernel_name] = kernel
+        out[bias_name] = layer.bias
     return out
 
 
-def metadata(fcn: VGGWeights, source_name: str, source_sha256: str) -> dict[str, str]:
+def metadata(
+    fcn: VGGWeights,
+    source_name: str,
+    source_sha256: str,
+    layout: str = "hwio",
+    scheme: str = "vggfcn",
+) -> dict[str, str]:
     """`__metadata__` of a converted file: everything needed to trust and reuse it later.
 
     Only the source's base name is stored, never an absolute path, so the same input and options
@@ -59,7 +92,8 @@ def metadata(fcn: VGGWeights, source_name: str, source_sha256: str) -> dict[str,
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "arch": fcn.arch.name,
-        "layout": LAYOUT,
+        "layout": layout.upper(),
+        "names": scheme,
         "classes": str(fcn.arch.classes),
         "source_format": f"{fcn.source.format}/{fcn.source.generation}",
         "source_file": source_name,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import FormatError
-from ..weights import VGGWeights
-from . import fcn_file, keras_h5
+import numpy as np
+
+from ..convert import FORMAT
+from ..weights import Tensor, VGGWeights
+from . import fcn_file, keras_h5, npy_file, safetensors_io, state_dict, torch_zip
 from .detect import sniff
 
 
@@ -30,6 +32,25 @@ def load(path: str) -> Iterator[VGGWeights]:
         with keras_h5.open_file(path) as f:
             yield keras_h5.read(f, path)
     elif kind == "safetensors":
-        yield fcn_file.read(path)
+        tensors, meta = safetensors_io.open_tensors(path)
+        if meta.get("format") == FORMAT:
+            yield fcn_file.read(path, tensors, meta)
+        else:
+            yield state_dict.from_torch(tensors, path, "safetensors")
+    elif kind == "zip":
+        arrays = torch_zip.read_state_dict(path)
+        yield state_dict.from_torch(_wrap(arrays, path), path, "pytorch-zip")
     else:
-        raise FormatError(f"{path}: {kind} checkpoints are not supported yet (Keras HDF5 only)")
+        layers = npy_file.read_layer_dict(path)
+        wrapped = {
+            name: [Tensor.wrap(a, f"{path}:{name}[{i}]") for i, a in enumerate(arrays)]
+            for name, arrays in layers.items()
+        }
+        yield state_dict.from_tensorflow_vgg(wrapped, path)
+
+
+def _wrap(arrays: dict[str, np.ndarray], path: str) -> dict[str, Tensor]:
+    """Tensors over a state dict's arrays, dtype unchecked: the layout reader checks the names
+    first (a batch-norm file should say so, not trip over its integer counters) and then the
+    dtype of each tensor it uses."""
+    return {name: Tensor(a, tuple(a.shape), f"{path}:{name}") for name, a in arrays.items()}

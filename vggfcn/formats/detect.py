@@ -48,6 +48,6 @@ def sniff(path: str) -> str:
         if n <= min(SAFETENSORS_MAX_HEADER, size - 8) and head[8:9] == b"{":
             return "safetensors"
     raise FormatError(
-        f"{path}: unknown format (first bytes {head[:8]!r}); expected a Keras HDF5 (.h5) or a "
-        "vggfcn safetensors file"
+        f"{path}: unknown format (first bytes {head[:8]!r}); expected Keras HDF5, safetensors, "
+        "a PyTorch zip checkpoint (.pth) or a tensorflow-vgg .npy"
     )

@@ -1,57 +1,60 @@
-"""Reader for our own output: a vggfcn fully-convolutional safetensors file."""
+"""Reader for our own output: a vggfcn fully-convolutional safetensors file, any layout/names."""
 
 from __future__ import annotations
 
 import re
 
-from ..convert import FORMAT, FORMAT_VERSION, LAYOUT, tensor_name
-from ..errors import ArchitectureError, FormatError
-from ..weights import RawLayer, SourceInfo, Tensor, VGGWeights, assemble
-from .safetensors_io import open_tensors
+from ..convert import FORMAT, FORMAT_VERSION, LAYOUTS, NAME_SCHEMES
+from ..errors import FormatError
+from ..weights import RawLayer, SourceInfo, Tensor, VGGWeights, assemble, check_names
+from .state_dict import OIHW_TO_HWIO
 
-_CONV = re.compile(r"block(\d+)_conv(\d+)")
+#: How each name scheme spells trunk layers (the sort key is model order) and the head.
+_TRUNK = {
+    "vggfcn": re.compile(r"(block(\d+)_conv(\d+))\.kernel"),
+    "torch": re.compile(r"(features\.(\d+))\.weight"),
+}
+_PARTS = {"vggfcn": ("kernel", "bias"), "torch": ("weight", "bias")}
 _HEAD = ("fc6", "fc7", "fc8")
 
 
-def read(path: str) -> VGGWeights:
-    """Canonical (convolutional-head) weights of a file written by `vggfcn convert`.
+def read(path: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> VGGWeights:
+    """Canonical (convolutional-head, HWIO) weights of a file written by `vggfcn convert`.
 
     Raises:
-        FormatError: not a vggfcn file, or a format version/layout this version cannot read.
+        FormatError: a format version, layout or name scheme this version cannot read.
         ArchitectureError: missing or unexpected tensors (all of them listed).
     """
-    tensors, meta = open_tensors(path)
     if meta.get("format") != FORMAT:
+        raise FormatError(f"{path}: not a vggfcn file (format={meta.get('format')!r})")
+    layout, scheme = meta.get("layout", "").lower(), meta.get("names", "vggfcn")
+    if (
+        meta.get("format_version") != FORMAT_VERSION
+        or layout not in LAYOUTS
+        or scheme not in NAME_SCHEMES
+    ):
         raise FormatError(
-            f"{path}: safetensors file without vggfcn metadata (format={meta.get('format')!r}); "
-            "reading PyTorch state dicts is not supported yet"
+            f"{path}: vggfcn format {meta.get('format_version')} layout {meta.get('layout')} "
+            f"names {scheme}; this version reads format {FORMAT_VERSION}, layouts "
+            f"{'/'.join(LAYOUTS)}, names {'/'.join(NAME_SCHEMES)}"
         )
-    if meta.get("format_version") != FORMAT_VERSION or meta.get("layout") != LAYOUT:
-        raise FormatError(
-            f"{path}: vggfcn format {meta.get('format_version')} layout {meta.get('layout')}; "
-            f"this version reads format {FORMAT_VERSION} layout {LAYOUT}"
-        )
-    convs = sorted(
-        {
-            m.group(0): (int(m.group(1)), int(m.group(2))) for n in tensors if (m := _CONV.match(n))
-        }.items(),
-        key=lambda item: item[1],
+    pattern, (k, b) = _TRUNK[scheme], _PARTS[scheme]
+    found = sorted(
+        (tuple(int(g) for g in m.groups()[1:]), m.group(1))
+        for name in tensors
+        if (m := pattern.fullmatch(name))
     )
-    layer_names = [name for name, _ in convs] + list(_HEAD)
-    expected = {tensor_name(n, p) for n in layer_names for p in ("kernel", "bias")}
-    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or extra:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"unexpected {', '.join(extra)}"] if extra else []
-        )
-        raise ArchitectureError(f"{path}: " + "; ".join(parts))
-    raws = [_raw(tensors, n) for n in layer_names]
+    layer_names = [name for _, name in found] + list(_HEAD)
+    expected = {f"{n}.{part}" for n in layer_names for part in (k, b)}
+    check_names(path, set(tensors), expected)
+    raws = []
+    for name in layer_names:
+        kernel = tensors[f"{name}.{k}"]
+        if layout == "oihw" and len(kernel.shape) == 4:
+            kernel = kernel.permute(kernel.shape, OIHW_TO_HWIO)
+        raws.append(RawLayer(name, kernel, tensors[f"{name}.{b}"]))
     softmax = {"yes": True, "no": False}.get(meta.get("source_softmax", ""))
-    source = SourceInfo(path, "vggfcn-safetensors", f"v{FORMAT_VERSION}", softmax, "HWC")
-    return assemble(raws[: len(convs)], raws[len(convs) :], source, convolutional_head=True)
-
-
-def _raw(tensors: dict[str, Tensor], layer: str) -> RawLayer:
-    return RawLayer(
-        layer, tensors[tensor_name(layer, "kernel")], tensors[tensor_name(layer, "bias")]
+    source = SourceInfo(
+        path, "vggfcn-safetensors", f"v{FORMAT_VERSION} {layout} {scheme}", softmax, "HWC"
     )
+    return assemble(raws[: len(found)], raws[len(found) :], source, convolutional_head=True)

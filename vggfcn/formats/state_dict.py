@@ -1,0 +1,141 @@
+"""Named-tensor checkpoints (PyTorch state dicts, tensorflow-vgg .npy) into canonical weights.
+
+Every layout is normalised here, so nothing downstream knows where a file came from:
+- torchvision `vgg16`: `features.N.weight` (OIHW), `classifier.{0,3,6}.weight` (out, in);
+  classifier.0's 25 088 columns are in (C, H, W) order, the order torch's flatten reads NCHW.
+- timm `vgg16`: `features.N.*`, `pre_logits.fc1.weight` already a (4096, C, 7, 7) conv kernel,
+  `pre_logits.fc2.weight` (4096, 4096, 1, 1), `head.fc.weight` (classes, 4096).
+- tensorflow-vgg / tensorflow-fcn `vgg16.npy`: `conv1_1` .. `conv5_3` as [HWIO kernel, bias],
+  `fc6` .. `fc8` as [(in, out) kernel, bias], fc6 rows in (H, W, C) order (TF's NHWC flatten).
+Kernels become HWIO and dense kernels (in, out) with fc6 rows in (H, W, C) order through lazy
+permutations (`Tensor.permute`): nothing is read until the tensors are used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from ..arch import POOL5_SIZE
+from ..errors import ArchitectureError, FormatError
+from ..weights import RawLayer, SourceInfo, Tensor, VGGWeights, assemble, check_names
+
+OIHW_TO_HWIO = (2, 3, 1, 0)
+TORCHVISION_HEAD = ("classifier.0", "classifier.3", "classifier.6")
+TIMM_HEAD = ("pre_logits.fc1", "pre_logits.fc2", "head.fc")
+TF_HEAD = ("fc6", "fc7", "fc8")
+_FEATURE = re.compile(r"features\.(\d+)\.(weight|bias)")
+_TF_CONV = re.compile(r"conv(\d+)_(\d+)")
+_BATCH_NORM = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> VGGWeights:
+    """Canonical weights from a torchvision- or timm-layout state dict.
+
+    Raises:
+        FormatError: not a VGG state dict we know, or a batch-norm (`_bn`) checkpoint.
+        ArchitectureError: missing, unexpected or mis-shaped tensors (all listed at once).
+    """
+    names = set(tensors)
+    if any(n.endswith(_BATCH_NORM) for n in names):
+        raise FormatError(
+            f"{path}: a batch-norm VGG (vgg16_bn); folding BatchNorm into the convolutions is "
+            "not supported yet"
+        )
+    if any(n.startswith("pre_logits.") for n in names):
+        generation, head_names = "timm", TIMM_HEAD
+    elif any(n.startswith("classifier.") for n in names):
+        generation, head_names = "torchvision", TORCHVISION_HEAD
+    else:
+        shown = ", ".join(sorted(names)[:4])
+        raise FormatError(
+            f"{path}: not a torchvision or timm VGG state dict (found {shown}, ...); expected "
+            "features.N.weight plus classifier.0/3/6 or pre_logits.fc1/fc2 and head.fc"
+        )
+    indices = sorted({int(m.group(1)) for n in names if (m := _FEATURE.fullmatch(n))})
+    conv_names = [f"features.{i}" for i in indices]
+    expected = {f"{n}.{p}" for n in [*conv_names, *head_names] for p in ("weight", "bias")}
+    check_names(path, names, expected)
+    trunk = [_torch_conv(tensors, n) for n in conv_names]
+    if generation == "timm":
+        head = [
+            _torch_fc6_conv(tensors, TIMM_HEAD[0], path),
+            _torch_dense(tensors, TIMM_HEAD[1]),
+            _torch_dense(tensors, TIMM_HEAD[2]),
+        ]
+    else:
+        head = [
+            _torch_fc6_dense(tensors, TORCHVISION_HEAD[0]),
+            _torch_dense(tensors, TORCHVISION_HEAD[1]),
+            _torch_dense(tensors, TORCHVISION_HEAD[2]),
+        ]
+    source = SourceInfo(path, container, generation, False, "CHW")
+    return assemble(trunk, head, source)
+
+
+def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> VGGWeights:
+    """Canonical weights from a tensorflow-vgg `vgg16.npy` layer dict (HWIO, rows HWC already).
+
+    Its model applies a softmax after fc8 (`prob`); the weights are the logits layer.
+    """
+    convs = sorted(
+        (int(m.group(1)), int(m.group(2)), name)
+        for name in layers
+        if (m := _TF_CONV.fullmatch(name))
+    )
+    expected = {name for _, _, name in convs} | set(TF_HEAD)
+    check_names(path, set(layers), expected)
+    raws = []
+    for name in [n for _, _, n in convs] + list(TF_HEAD):
+        params = layers[name]
+        if len(params) != 2:
+            raise FormatError(f"{path}: layer {name} has {len(params)} arrays, expected [W, b]")
+        raws.append(RawLayer(name, params[0], params[1]))
+    source = SourceInfo(path, "npy", "tensorflow-vgg", True, "HWC")
+    return assemble(raws[: len(convs)], raws[len(convs) :], source)
+
+
+def _float(tensors: Mapping[str, Tensor], key: str) -> Tensor:
+    """The tensor under `key`, its dtype checked (a float we can read exactly)."""
+    tensor = tensors[key]
+    return Tensor.wrap(tensor.source, tensor.where) if tensor.order is None else tensor
+
+
+def _torch_conv(tensors: Mapping[str, Tensor], name: str) -> RawLayer:
+    """A conv layer: OIHW kernel -> HWIO."""
+    kernel = _float(tensors, f"{name}.weight")
+    if len(kernel.shape) == 4:
+        kernel = kernel.permute(kernel.shape, OIHW_TO_HWIO)
+    return RawLayer(name, kernel, _float(tensors, f"{name}.bias"))
+
+
+def _torch_dense(tensors: Mapping[str, Tensor], name: str) -> RawLayer:
+    """A dense layer (out, in), or a 1x1 conv (out, in, 1, 1) -> (in, out)."""
+    kernel = _float(tensors, f"{name}.weight")
+    out, rest = kernel.shape[0], int(kernel.size // max(1, kernel.shape[0]))
+    if len(kernel.shape) in (2, 4):
+        kernel = kernel.permute((out, rest), (1, 0))
+    return RawLayer(name, kernel, _float(tensors, f"{name}.bias"))
+
+
+def _torch_fc6_dense(tensors: Mapping[str, Tensor], name: str) -> RawLayer:
+    """torchvision classifier.0: (F6, C*7*7) columns in (C, H, W) order -> rows in (H, W, C)."""
+    kernel = _float(tensors, f"{name}.weight")
+    if len(kernel.shape) != 2 or kernel.shape[1] % (POOL5_SIZE * POOL5_SIZE):
+        return _torch_dense(tensors, name)  # assemble() reports the shape that is wrong
+    f6, c5 = kernel.shape[0], kernel.shape[1] // (POOL5_SIZE * POOL5_SIZE)
+    as_conv = kernel.permute((f6, c5, POOL5_SIZE, POOL5_SIZE), OIHW_TO_HWIO)
+    rows = POOL5_SIZE * POOL5_SIZE * c5
+    return RawLayer(name, as_conv.reshape((rows, f6)), _float(tensors, f"{name}.bias"))
+
+
+def _torch_fc6_conv(tensors: Mapping[str, Tensor], name: str, path: str) -> RawLayer:
+    """timm pre_logits.fc1: a (F6, C, 7, 7) OIHW kernel -> dense rows in (H, W, C) order."""
+    kernel = _float(tensors, f"{name}.weight")
+    if len(kernel.shape) != 4:
+        raise ArchitectureError(
+            f"{path}: {name}.weight has shape {kernel.shape}, expected (F6, C, 7, 7)"
+        )
+    f6 = kernel.shape[0]
+    hwio = kernel.permute(kernel.shape, OIHW_TO_HWIO)
+    return RawLayer(name, hwio.reshape((kernel.size // f6, f6)), _float(tensors, f"{name}.bias"))
