@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import heatmap, imagenet, images
 from .atomic import atomic_write, check_output
 from .convert import LAYOUTS, NAME_SCHEMES, metadata, named_tensors, tensor_names, to_fcn
-from .errors import VggfcnError
+from .errors import MismatchError, VggfcnError
 from .formats import load, safetensors_io
 from .predict import class_probabilities, score_map
 from .verify import ATOL, RTOL, VerifyReport, verify
@@ -35,6 +35,7 @@ class ConvertResult:
     fc6_shape: tuple[int, ...]
     bytes_written: int
     source_sha256: str
+    verification: VerifyReport | None  # with verify_output: the check made before publishing
 
 
 def convert_file(
@@ -44,6 +45,8 @@ def convert_file(
     layout: str = "hwio",
     names: str = "vggfcn",
     force: bool = False,
+    verify_output: bool = False,
+    allow_nonfinite: bool = False,
     progress: bool = False,
 ) -> ConvertResult:
     """Convert a VGG classifier checkpoint into a fully-convolutional safetensors file.
@@ -52,9 +55,17 @@ def convert_file(
         >>> convert_file("vgg16.h5", "vgg16.fcn.safetensors").fc6_shape
         (7, 7, 512, 4096)
 
+    Args:
+        layout, names: output kernel layout ("hwio"/"oihw") and name scheme ("vggfcn"/"torch").
+        force: replace an existing output (atomically).
+        verify_output: run `verify` on the finished temp file before it is renamed into place;
+            a mismatch publishes nothing.
+        allow_nonfinite: convert NaN/Inf weights instead of refusing them.
+        progress: show a progress bar on stderr.
+
     Raises:
-        VggfcnError: bad input (FormatError, ArchitectureError) or output (OutputError); the
-        output is then neither created nor changed.
+        VggfcnError: bad input (FormatError, ArchitectureError), output (OutputError) or a
+        failed verification (MismatchError); the output is then neither created nor changed.
     """
     check_output(output, [source], force=force)
     with load(source) as weights, ThreadPoolExecutor(max_workers=1) as pool:
@@ -67,6 +78,20 @@ def convert_file(
         tensors = named_tensors(fcn, layout, names)
         name = os.path.basename(source)
         total = sum(t.size * 4 for t in tensors.values())
+        checks: list[VerifyReport] = []
+
+        def check(temp: str) -> None:
+            with load(temp) as written:
+                report = verify(
+                    weights, replace(written, source=replace(written.source, path=output))
+                )
+            checks.append(report)
+            if not report.passed:
+                raise MismatchError(
+                    f"{output}: verification failed (max scaled error "
+                    f"{_worst(report):.2e} > tolerance); nothing was written"
+                )
+
         with (
             tqdm(
                 total=total,
@@ -77,7 +102,7 @@ def convert_file(
                 desc="convert",
                 leave=False,
             ) as bar,
-            atomic_write(output) as f,
+            atomic_write(output, check if verify_output else None) as f,
         ):
             safetensors_io.write(
                 f,
@@ -85,6 +110,7 @@ def convert_file(
                 metadata(fcn, name, "0" * 64, layout, names),
                 bar.update,
                 final_metadata=lambda: metadata(fcn, name, digest.result(), layout, names),
+                allow_nonfinite=allow_nonfinite,
             )
         return ConvertResult(
             output=output,
@@ -94,7 +120,12 @@ def convert_file(
             fc6_shape=tensors[tensor_names(fcn, names)[len(fcn.trunk)][0]].shape,
             bytes_written=os.path.getsize(output),
             source_sha256=digest.result(),
+            verification=checks[0] if checks else None,
         )
+
+
+def _worst(report: VerifyReport) -> float:
+    return max([report.max_scaled_error, *(c.agreement.max_scaled_error for c in report.spatial)])
 
 
 def verify_files(

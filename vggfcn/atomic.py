@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -42,11 +42,15 @@ def check_output(path: str, inputs: list[str], *, force: bool) -> None:
 
 
 @contextmanager
-def atomic_write(path: str) -> Iterator[BinaryIO]:
+def atomic_write(
+    path: str, before_publish: Callable[[str], object] | None = None
+) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes `path` only if the block completes.
 
     The data and the directory entry are fsynced before returning, so "success" survives a
     power cut; the file mode follows the umask like any file the user creates.
+    `before_publish(temp_path)` runs on the complete, closed temp file just before the rename:
+    if it raises (a verification that fails), nothing is published.
     """
     directory = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
@@ -60,6 +64,8 @@ def atomic_write(path: str) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(temp, 0o666 & ~_umask())
+        if before_publish is not None:
+            before_publish(temp)
         os.replace(temp, path)
     except OSError as e:
         _remove(temp)

@@ -69,10 +69,27 @@ _json = click.option("--json", "as_json", is_flag=True, help="Print one JSON obj
     "fc6.weight: loads into a torchvision-style VGG with conv heads).",
 )
 @click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists (atomically).")
+@click.option(
+    "--verify",
+    "verify_output",
+    is_flag=True,
+    help="Verify the written file before publishing it; on a mismatch nothing is written (exit 1).",
+)
+@click.option(
+    "--allow-nonfinite", is_flag=True, help="Convert NaN/Inf weights instead of refusing."
+)
 @_quiet
 @_json
 def convert(
-    source: str, output: str, layout: str, names: str, force: bool, quiet: bool, as_json: bool
+    source: str,
+    output: str,
+    layout: str,
+    names: str,
+    force: bool,
+    verify_output: bool,
+    allow_nonfinite: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Convert a VGG classifier checkpoint SOURCE into a fully-convolutional OUTPUT.
 
@@ -86,7 +103,14 @@ def convert(
       vggfcn convert vgg16-397923af.pth vgg16.fcn.safetensors --layout oihw --names torch
     """
     result = api.convert_file(
-        source, output, layout=layout, names=names, force=force, progress=_show_progress(quiet)
+        source,
+        output,
+        layout=layout,
+        names=names,
+        force=force,
+        verify_output=verify_output,
+        allow_nonfinite=allow_nonfinite,
+        progress=_show_progress(quiet),
     )
     if as_json:
         click.echo(json.dumps(asdict(result)))
@@ -95,6 +119,12 @@ def convert(
             f"wrote {result.output}: {result.arch} fully convolutional, {result.classes} classes, "
             f"{result.parameters:,} parameters, fc6 as {result.fc6_shape} {layout.upper()}"
         )
+        if result.verification is not None:
+            click.echo(
+                f"verified before publishing: max scaled error "
+                f"{result.verification.max_scaled_error:.1e}, "
+                f"{len(result.verification.spatial)} spatial check(s) passed"
+            )
 
 
 @main.command()

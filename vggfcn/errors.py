@@ -34,3 +34,9 @@ class ArchitectureError(VggfcnError):
 
 class OutputError(VggfcnError):
     """The output cannot be written where asked (exists, same as input, directory missing...)."""
+
+
+class MismatchError(VggfcnError):
+    """A verification ran and found the networks differ (`convert --verify`)."""
+
+    exit_code = ExitCode.MISMATCH

@@ -54,6 +54,7 @@ def write(
     metadata: Mapping[str, str],
     progress: Callable[[int], object] = lambda _n: None,
     final_metadata: Callable[[], Mapping[str, str]] | None = None,
+    allow_nonfinite: bool = False,
 ) -> None:
     """Stream `tensors` (as float32) into `f`, one bounded block at a time.
 
@@ -65,14 +66,28 @@ def write(
         final_metadata: metadata known only once the data is written (e.g. a digest computed
             alongside); it replaces `metadata`, whose serialised length it must keep, so the
             header is rewritten in place and no data moves.
+        allow_nonfinite: write NaN/Inf values instead of refusing them.
+
+    Raises:
+        FormatError: a tensor holds NaN or Inf (unless allowed), naming it and the count.
     """
     shapes = {n: t.shape for n, t in tensors.items()}
     header = header_bytes(shapes, metadata)
     f.write(header)
     for name in sorted(tensors):
+        bad = 0
         for block in tensors[name].blocks(BLOCK_BYTES):
+            # A float32 sum is finite exactly when no element is NaN/Inf (for weights, whose
+            # sums are far from overflowing): one cheap pass; count only when it is not.
+            if not allow_nonfinite and not np.isfinite(block.sum(dtype=np.float32)):
+                bad += int(np.count_nonzero(~np.isfinite(block)))
             f.write(block.data)
             progress(block.nbytes)
+        if bad:
+            raise FormatError(
+                f"{tensors[name].where}: {bad} NaN/Inf value(s); refusing to convert "
+                "(--allow-nonfinite converts them as they are)"
+            )
     if final_metadata is not None:
         final = header_bytes(shapes, final_metadata())
         if len(final) != len(header):
