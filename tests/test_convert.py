@@ -65,11 +65,13 @@ def test_output_holds_every_tensor_with_metadata(
         "arch": "vgg16",
         "layout": "HWIO",
         "names": "vggfcn",
+        "dtype": "float32",
         "classes": str(TINY.classes),
         "source_format": f"keras-h5/{generation}",
         "source_file": source.name,
         "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
         "source_softmax": "yes" if generation in ("keras2-model", "keras3-h5") else "unknown",
+        "source_batch_norm": "none",
     }
     assert result.fc6_shape == (7, 7, TINY.convs[-1], TINY.fc[0])
 

@@ -60,3 +60,15 @@ def test_full_size_torchvision_pth_converts_and_verifies(tmp_path: Path) -> None
     assert result.parameters == VGG16_PARAMETERS and result.fc6_shape == (4096, 512, 7, 7)
     report = verify_files(str(source), str(out))
     assert report.passed and all(c.agreement.passed for c in report.spatial)
+
+
+def test_full_size_vgg19_end_to_end(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    source = tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels.h5"
+    write_checkpoint(source, "keras1", replace(FULL, arch="vgg19"), seed=0)
+    out = tmp_path / "vgg19.fcn.safetensors"
+    result = convert_file(str(source), str(out), dtype="float16")
+    assert result.arch == "vgg19" and result.parameters == 143_667_240  # Keras' VGG19 count
+    report = verify_files(str(source), str(out))
+    assert report.passed and report.precision == "float16"

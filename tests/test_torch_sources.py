@@ -18,7 +18,7 @@ from fixtures.torch_vgg import VGGFCN, classifier, timm_state_dict
 from vggfcn import forward
 from vggfcn.api import convert_file, inspect_file, verify_files
 from vggfcn.cli import main
-from vggfcn.errors import ArchitectureError, FormatError
+from vggfcn.errors import ArchitectureError
 from vggfcn.formats import load
 from vggfcn.synthetic import TINY, random_layers
 from vggfcn.verify import sample_images
@@ -135,13 +135,6 @@ def test_tensorflow_vgg_npy(tmp_path: Path) -> None:
         "HWC",
         "yes",
     )
-
-
-def test_batch_norm_checkpoint_is_refused_by_name(tmp_path: Path) -> None:
-    sd = {"features.0.weight": torch.zeros(4, 3, 3, 3), "features.1.running_mean": torch.zeros(4)}
-    torch.save(sd, tmp_path / "bn.pth")
-    with pytest.raises(FormatError, match="batch-norm VGG"), load(str(tmp_path / "bn.pth")):
-        pass
 
 
 def test_missing_head_tensors_are_all_listed(model: torch.nn.Module, tmp_path: Path) -> None:

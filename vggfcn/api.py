@@ -21,8 +21,9 @@ from .atomic import atomic_write, check_output
 from .convert import LAYOUTS, NAME_SCHEMES, metadata, named_tensors, tensor_names, to_fcn
 from .errors import MismatchError, VggfcnError
 from .formats import load, safetensors_io
+from .precision import DTYPES
 from .predict import class_probabilities, score_map
-from .verify import ATOL, RTOL, VerifyReport, verify
+from .verify import VerifyReport, verify
 from .weights import VGGWeights
 
 
@@ -44,6 +45,7 @@ def convert_file(
     *,
     layout: str = "hwio",
     names: str = "vggfcn",
+    dtype: str = "float32",
     force: bool = False,
     verify_output: bool = False,
     allow_nonfinite: bool = False,
@@ -57,6 +59,7 @@ def convert_file(
 
     Args:
         layout, names: output kernel layout ("hwio"/"oihw") and name scheme ("vggfcn"/"torch").
+        dtype: output precision, "float32", "float16" or "bfloat16".
         force: replace an existing output (atomically).
         verify_output: run `verify` on the finished temp file before it is renamed into place;
             a mismatch publishes nothing.
@@ -73,11 +76,14 @@ def convert_file(
         # digest's fixed length lets the header be written first and patched at the end.
         digest = pool.submit(sha256_file, source)
         fcn = to_fcn(weights)
-        if layout not in LAYOUTS or names not in NAME_SCHEMES:
-            raise VggfcnError(f"layout must be one of {LAYOUTS}, names one of {NAME_SCHEMES}")
+        if layout not in LAYOUTS or names not in NAME_SCHEMES or dtype not in DTYPES:
+            raise VggfcnError(
+                f"layout must be one of {LAYOUTS}, names one of {NAME_SCHEMES}, "
+                f"dtype one of {tuple(DTYPES)}"
+            )
         tensors = named_tensors(fcn, layout, names)
         name = os.path.basename(source)
-        total = sum(t.size * 4 for t in tensors.values())
+        total = sum(t.size * 4 for t in tensors.values())  # float32 bytes streamed
         checks: list[VerifyReport] = []
 
         def check(temp: str) -> None:
@@ -107,10 +113,11 @@ def convert_file(
             safetensors_io.write(
                 f,
                 tensors,
-                metadata(fcn, name, "0" * 64, layout, names),
+                metadata(fcn, name, "0" * 64, layout, names, dtype),
                 bar.update,
-                final_metadata=lambda: metadata(fcn, name, digest.result(), layout, names),
+                final_metadata=lambda: metadata(fcn, name, digest.result(), layout, names, dtype),
                 allow_nonfinite=allow_nonfinite,
+                dtype=dtype,
             )
         return ConvertResult(
             output=output,
@@ -136,10 +143,13 @@ def verify_files(
     probes: int = 8,
     sizes: Sequence[int] = (288,),
     seed: int = 0,
-    atol: float = ATOL,
-    rtol: float = RTOL,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> VerifyReport:
-    """Run `verify` on two files: the original classifier and the converted network."""
+    """Run `verify` on two files: the original classifier and the converted network.
+
+    `atol`/`rtol` default to the tolerance of the converted file's precision (`TOLERANCES`).
+    """
     with load(original) as ref, load(converted) as fcn:
         return verify(
             ref, fcn, images=images, probes=probes, sizes=sizes, seed=seed, atol=atol, rtol=rtol
@@ -238,18 +248,25 @@ def inspect_file(path: str) -> dict[str, object]:
 
 def describe(w: VGGWeights) -> dict[str, object]:
     """A JSON-ready description of canonical weights (the `inspect` report)."""
-    layers = []
+    layers: list[dict[str, object]] = []
+    total = 0
     for layer in w.layers:
         conv = len(layer.kernel.shape) == 4
+        kind = f"conv{layer.kernel.shape[0]}x{layer.kernel.shape[1]}" if conv else "dense"
+        count = layer.kernel.size + layer.bias.size
+        if layer.norm is not None:
+            kind += "+bn"
+            count += layer.norm.gamma.size + layer.norm.beta.size  # running stats are buffers
+        total += count
         layers.append(
             {
                 "name": layer.name,
                 "file_name": layer.file_name,
-                "kind": f"conv{layer.kernel.shape[0]}x{layer.kernel.shape[1]}" if conv else "dense",
+                "kind": kind,
                 "kernel_shape": list(layer.kernel.shape),
                 "bias_shape": list(layer.bias.shape),
-                "dtype": str(layer.kernel.source.dtype),
-                "parameters": layer.kernel.size + layer.bias.size,
+                "dtype": getattr(layer.kernel.source, "storage", str(layer.kernel.source.dtype)),
+                "parameters": count,
             }
         )
     return {
@@ -258,11 +275,12 @@ def describe(w: VGGWeights) -> dict[str, object]:
         "generation": w.source.generation,
         "arch": w.arch.name,
         "head": "convolutional" if w.convolutional_head else "dense",
-        "layout": "HWIO",
+        "shapes": "HWIO (canonical; dense kernels (in, out))",
         "flatten_order": w.source.flatten_order,
         "classes": w.arch.classes,
         "softmax": w.source.softmax_label,
-        "parameters": sum(int(row["parameters"]) for row in layers),  # type: ignore[call-overload]
+        "batch_norm": w.source.batch_norm,
+        "parameters": total,
         "layers": layers,
     }
 

@@ -18,8 +18,9 @@ from .arch import MIN_INPUT
 from .convert import LAYOUTS, NAME_SCHEMES
 from .errors import ExitCode, VggfcnError
 from .images import PREPROCESS_MODES
+from .precision import DTYPES
 from .predict import top_cells
-from .verify import ATOL, RTOL, VerifyReport
+from .verify import VerifyReport
 
 
 class _Group(click.Group):
@@ -68,6 +69,13 @@ _json = click.option("--json", "as_json", is_flag=True, help="Print one JSON obj
     help="Tensor names: vggfcn (block1_conv1.kernel, fc6.bias) or torch (features.N.weight, "
     "fc6.weight: loads into a torchvision-style VGG with conv heads).",
 )
+@click.option(
+    "--dtype",
+    type=click.Choice(tuple(DTYPES)),
+    default="float32",
+    show_default=True,
+    help="Output precision (bfloat16: round to nearest even, stored as safetensors BF16).",
+)
 @click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists (atomically).")
 @click.option(
     "--verify",
@@ -85,6 +93,7 @@ def convert(
     output: str,
     layout: str,
     names: str,
+    dtype: str,
     force: bool,
     verify_output: bool,
     allow_nonfinite: bool,
@@ -107,6 +116,7 @@ def convert(
         output,
         layout=layout,
         names=names,
+        dtype=dtype,
         force=force,
         verify_output=verify_output,
         allow_nonfinite=allow_nonfinite,
@@ -154,17 +164,14 @@ def convert(
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Input seed.")
 @click.option(
     "--atol",
-    default=ATOL,
-    show_default=True,
     type=click.FloatRange(0),
-    help="Tolerance relative to the logit scale max(1, max|logit|).",
+    help="Tolerance relative to the logit scale max(1, max|logit|) "
+    "[default: by the converted file's dtype: 1e-4 float32, 3e-3 float16, 2.5e-2 bfloat16].",
 )
 @click.option(
     "--rtol",
-    default=RTOL,
-    show_default=True,
     type=click.FloatRange(0),
-    help="Tolerance relative to each logit.",
+    help="Tolerance relative to each logit [default: as --atol].",
 )
 @_quiet
 @_json
@@ -175,8 +182,8 @@ def verify(
     probes: int,
     sizes: tuple[int, ...],
     seed: int,
-    atol: float,
-    rtol: float,
+    atol: float | None,
+    rtol: float | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -343,8 +350,8 @@ def inspect(file: str, as_json: bool) -> None:
     click.echo(
         f"{info['file']}: {info['format']} ({info['generation']}), {info['arch']}, "
         f"{info['head']} head, {info['classes']} classes, {info['parameters']:,} parameters\n"
-        f"layout {info['layout']}, flatten order {info['flatten_order']}, "
-        f"softmax in file: {info['softmax']}"
+        f"flatten order {info['flatten_order']}, softmax in file: {info['softmax']}, "
+        f"batch norm: {info['batch_norm']}; shapes shown {info['shapes']}"
     )
     rows: list[dict[str, Any]] = info["layers"]  # type: ignore[assignment]
     for row in rows:
@@ -388,7 +395,8 @@ def _format_report(r: VerifyReport) -> str:
                 f"{'' if c.agreement.passed else '  FAIL'}"
                 for c in r.spatial
             ],
-            f"  tolerance         |fcn - ref| <= {r.atol:g}*scale + {r.rtol:g}*|ref|",
+            f"  tolerance         |fcn - ref| <= {r.atol:g}*scale + {r.rtol:g}*|ref| "
+            f"({r.precision} weights)",
             f"  compared          logits (softmax in original file: {r.softmax})",
             "PASS" if r.passed else "FAIL: outputs differ beyond tolerance",
         ]

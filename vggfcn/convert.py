@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from .errors import ArchitectureError
 from .weights import Layer, Tensor, VGGWeights
 
@@ -31,7 +33,32 @@ def to_fcn(weights: VGGWeights) -> VGGWeights:
         Layer(layer.name, layer.kernel.reshape(shape), layer.bias, layer.file_name)
         for layer, shape in zip(weights.head, weights.arch.fcn_head_shapes(), strict=True)
     )
-    return replace(weights, head=head, convolutional_head=True)
+    norms = [layer.norm for layer in weights.trunk if layer.norm is not None]
+    if not norms:
+        return replace(weights, head=head, convolutional_head=True)
+    trunk = tuple(fold_batch_norm(layer) for layer in weights.trunk)
+    eps = ", ".join(sorted({f"{n.eps:g}" for n in norms}))
+    source = replace(weights.source, batch_norm=f"folded (eps={eps})")
+    return replace(weights, trunk=trunk, head=head, convolutional_head=True, source=source)
+
+
+def fold_batch_norm(layer: Layer) -> Layer:
+    """The convolution with its batch norm folded in (computed in float64, stored float32):
+
+    w' = w * g / sqrt(var + eps),  b' = (b - mean) * g / sqrt(var + eps) + beta.
+    """
+    if layer.norm is None:
+        return layer
+    gamma, beta, mean, var = (t.read().astype(np.float64) for t in layer.norm.tensors())
+    scale = gamma / np.sqrt(var + layer.norm.eps)
+    kernel = (layer.kernel.read() * scale).astype(np.float32)  # HWIO: scale each output channel
+    bias = ((layer.bias.read() - mean) * scale + beta).astype(np.float32)
+    return Layer(
+        layer.name,
+        Tensor.wrap(kernel, layer.kernel.where),
+        Tensor.wrap(bias, layer.bias.where),
+        layer.file_name,
+    )
 
 
 #: Output layouts: HWIO (Keras, TensorFlow, JAX; our canonical form) or OIHW (`nn.Conv2d`).
@@ -82,6 +109,7 @@ def metadata(
     source_sha256: str,
     layout: str = "hwio",
     scheme: str = "vggfcn",
+    dtype: str = "float32",
 ) -> dict[str, str]:
     """`__metadata__` of a converted file: everything needed to trust and reuse it later.
 
@@ -94,9 +122,11 @@ def metadata(
         "arch": fcn.arch.name,
         "layout": layout.upper(),
         "names": scheme,
+        "dtype": dtype,
         "classes": str(fcn.arch.classes),
         "source_format": f"{fcn.source.format}/{fcn.source.generation}",
         "source_file": source_name,
         "source_sha256": source_sha256,
         "source_softmax": fcn.source.softmax_label,
+        "source_batch_norm": fcn.source.batch_norm,
     }

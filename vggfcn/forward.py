@@ -14,7 +14,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .arch import MIN_INPUT, POOL5_SIZE, STRIDE
 from .errors import VggfcnError
-from .weights import F32, VGGWeights
+from .weights import F32, BatchNorm, VGGWeights
 
 #: Patch matrices up to this size are built whole (im2col, one GEMM): the first layer (27
 #: columns), the last blocks, and the 7x7 head, whose huge kernel must be read once, not per tap.
@@ -105,6 +105,16 @@ def max_pool2(x: np.ndarray) -> np.ndarray:
     return pooled
 
 
+def batch_norm(x: np.ndarray, norm: BatchNorm) -> np.ndarray:
+    """Inference batch norm, written as its definition: (x - mean) / sqrt(var + eps) * g + b."""
+    gamma, beta, mean, var = (t.read() for t in norm.tensors())
+    x -= mean
+    x /= np.sqrt(var + np.float32(norm.eps))
+    x *= gamma
+    x += beta
+    return x
+
+
 def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """x @ W + b with W as (in, out)."""
     out: np.ndarray = x @ kernel
@@ -118,7 +128,11 @@ def trunk(weights: VGGWeights, images: np.ndarray) -> np.ndarray:
     x = np.asarray(images, dtype=F32)
     pools = weights.arch.pools_after()
     for i, layer in enumerate(weights.trunk):
-        x = conv2d(x, layer.kernel.read(), layer.bias.read(), same=True, relu=True)
+        if layer.norm is None:
+            x = conv2d(x, layer.kernel.read(), layer.bias.read(), same=True, relu=True)
+        else:
+            x = conv2d(x, layer.kernel.read(), layer.bias.read(), same=True)
+            x = relu(batch_norm(x, layer.norm))
         if i in pools:
             x = max_pool2(x)
     return x

@@ -21,13 +21,18 @@ from numpy.lib.stride_tricks import sliding_window_view
 from . import forward
 from .arch import MIN_INPUT, POOL5_SIZE
 from .errors import ArchitectureError
-from .weights import Layer, Tensor, VGGWeights
+from .weights import Tensor, VGGWeights
 
 #: float32 sums of up to 25 088 products, in a different order, drift by ~1e-6 of the scale;
 #: a wrong flatten order is off by O(1). 1e-4 sits two decades above the first and four
 #: below the second.
 ATOL = 1e-4
 RTOL = 1e-4
+#: (atol, rtol) by the converted file's precision. Rounding every weight to float16 (relative
+#: error <= 2^-11) or bfloat16 (<= 2^-8) moves the logits by about that much of the scale, so
+#: each tolerance sits a few times above what a correct half-precision conversion measures
+#: (README: Precision) while a wrong flatten order stays far outside all of them.
+TOLERANCES = {"float32": (ATOL, RTOL), "float16": (3e-3, 3e-3), "bfloat16": (2.5e-2, 2.5e-2)}
 #: Inputs span the range of Keras "caffe"-preprocessed pixels (mean-subtracted BGR, about +-128).
 PIXEL_RANGE = 128.0
 
@@ -72,6 +77,7 @@ class VerifyReport:
     atol: float
     rtol: float
     softmax: str  # whether the original's last layer had a softmax (compared: logits before it)
+    precision: str  # storage dtype of the converted network, which sets the default tolerance
     trunk_shared: bool  # trunk weights bit-identical, so each pool5 was computed once for both
     passed: bool
 
@@ -93,8 +99,8 @@ def verify(
     probes: int = 8,
     sizes: Sequence[int] = (288,),
     seed: int = 0,
-    atol: float = ATOL,
-    rtol: float = RTOL,
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> VerifyReport:
     """Compare the original classifier and the converted network.
 
@@ -107,12 +113,16 @@ def verify(
         probes: extra random pool5 volumes run through both heads.
         sizes: input sides for the spatial check (>= 224; 224 itself adds nothing).
         seed: seed of the images and probes.
-        atol, rtol: the tolerance rule in the module docstring.
+        atol, rtol: the tolerance rule in the module docstring; by default the converted
+            network's precision picks them (`TOLERANCES`).
 
     Raises:
         ArchitectureError: the two are not the same architecture, or are the wrong way round.
     """
     _check_pair(original, converted)
+    default_atol, default_rtol = TOLERANCES.get(converted.source.precision, (ATOL, RTOL))
+    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else rtol
     channels = original.arch.in_channels
     # Each tensor is read from disk once. The trunks (a tenth of the model) stay in memory for
     # every input size; each head layer is read, applied to all its inputs and dropped, so the
@@ -173,6 +183,7 @@ def verify(
         atol=atol,
         rtol=rtol,
         softmax=original.source.softmax_label,
+        precision=converted.source.precision,
         trunk_shared=shared,
         passed=main.passed and all(c.agreement.passed for c in spatial),
     )
@@ -221,11 +232,10 @@ def pool5_probes(count: int, seed: int, pool5: np.ndarray) -> np.ndarray:
 def trunk_in_memory(weights: VGGWeights) -> VGGWeights:
     """The same network with its trunk read into memory, so each trunk tensor is read once."""
     trunk = tuple(
-        Layer(
-            layer.name,
-            Tensor.wrap(layer.kernel.read(), layer.kernel.where),
-            Tensor.wrap(layer.bias.read(), layer.bias.where),
-            layer.file_name,
+        replace(
+            layer,
+            kernel=Tensor.wrap(layer.kernel.read(), layer.kernel.where),
+            bias=Tensor.wrap(layer.bias.read(), layer.bias.where),
         )
         for layer in weights.trunk
     )
@@ -233,8 +243,12 @@ def trunk_in_memory(weights: VGGWeights) -> VGGWeights:
 
 
 def trunks_identical(a: VGGWeights, b: VGGWeights) -> bool:
-    """Whether two networks' trunk tensors are equal bit for bit (NaN payloads included)."""
+    """Whether two networks' trunks are the same function: equal tensors bit for bit (NaN payloads
+    included) and no batch norm on either side (a trunk with batch norms is never shared: a file
+    that forgot to fold them must not borrow the original's pool5)."""
     for x, y in zip(a.trunk, b.trunk, strict=True):
+        if x.norm is not None or y.norm is not None:
+            return False
         for s, t in ((x.kernel, y.kernel), (x.bias, y.bias)):
             if s.shape != t.shape or not np.array_equal(
                 s.read().view(np.uint32), t.read().view(np.uint32)

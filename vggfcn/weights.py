@@ -148,13 +148,30 @@ def _compose(
 
 
 @dataclass(frozen=True)
+class BatchNorm:
+    """Inference-time batch normalisation after a convolution (torchvision's `_bn` VGGs):
+    y = (x - mean) / sqrt(var + eps) * gamma + beta, per output channel."""
+
+    gamma: Tensor
+    beta: Tensor
+    mean: Tensor
+    var: Tensor
+    eps: float
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.gamma, self.beta, self.mean, self.var
+
+
+@dataclass(frozen=True)
 class Layer:
-    """One learned layer: canonical name, kernel, bias, and what the file called it."""
+    """One learned layer: canonical name, kernel, bias, what the file called it, and the batch
+    norm that follows it in the original network (None when there is none, or once folded)."""
 
     name: str
     kernel: Tensor
     bias: Tensor
     file_name: str
+    norm: BatchNorm | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +184,8 @@ class SourceInfo:
         generation: the writer's layout within the format, e.g. "keras1", "keras3-weights".
         softmax: whether the file's last layer applied a softmax; None when the file does not say.
         flatten_order: order of fc6 rows in the file before normalisation ("HWC" for Keras).
+        batch_norm: "none"; "yes" for an original with batch norms; "folded (eps=...)" once
+            `to_fcn` has folded them into the convolutions.
     """
 
     path: str
@@ -174,6 +193,8 @@ class SourceInfo:
     generation: str
     softmax: bool | None
     flatten_order: str
+    batch_norm: str = "none"  # "none", or how the original's batch norms were handled
+    precision: str = "float32"  # storage dtype of a converted file's weights
 
     @property
     def softmax_label(self) -> str:
@@ -207,6 +228,7 @@ class RawLayer:
     file_name: str
     kernel: Tensor
     bias: Tensor
+    norm: BatchNorm | None = None
 
 
 def check_names(path: str, found: set[str], expected: set[str]) -> None:
@@ -271,6 +293,15 @@ def assemble(
     for raw, want in zip([*trunk, *head], [*arch.conv_shapes(), *expected_head], strict=True):
         if raw.kernel.shape != tuple(want):
             problems.append(f"{raw.file_name} kernel has shape {raw.kernel.shape}, expected {want}")
+        if raw.norm is not None:
+            for part, tensor in zip(
+                ("gamma", "beta", "mean", "var"), raw.norm.tensors(), strict=True
+            ):
+                if tensor.shape != (want[-1],):
+                    problems.append(
+                        f"{raw.file_name} batch-norm {part} has shape {tensor.shape}, "
+                        f"expected ({want[-1]},)"
+                    )
         if raw.bias.shape != (want[-1],):
             problems.append(
                 f"{raw.file_name} bias has shape {raw.bias.shape}, expected ({want[-1]},)"
@@ -284,7 +315,7 @@ def assemble(
         raise ArchitectureError(f"{path}: not a {name} classifier: " + "; ".join(problems))
 
     named = [
-        Layer(n, r.kernel, r.bias, r.file_name)
+        Layer(n, r.kernel, r.bias, r.file_name, r.norm)
         for n, r in zip([*arch.conv_names, *HEAD_NAMES], layers, strict=True)
     ]
     return VGGWeights(

@@ -54,7 +54,14 @@ def read(path: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> VGGWeig
             kernel = kernel.permute(kernel.shape, OIHW_TO_HWIO)
         raws.append(RawLayer(name, kernel, tensors[f"{name}.{b}"]))
     softmax = {"yes": True, "no": False}.get(meta.get("source_softmax", ""))
+    precision = meta.get("dtype", "float32")
     source = SourceInfo(
-        path, "vggfcn-safetensors", f"v{FORMAT_VERSION} {layout} {scheme}", softmax, "HWC"
+        path,
+        "vggfcn-safetensors",
+        f"v{FORMAT_VERSION} {layout} {scheme} {precision}",
+        softmax,
+        "HWC",
+        meta.get("source_batch_norm", "none"),
+        precision,
     )
     return assemble(raws[: len(found)], raws[len(found) :], source, convolutional_head=True)

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from ..errors import FormatError
+from ..precision import BFloat16Source
 from ..weights import RawLayer, SourceInfo, Tensor, VGGWeights, assemble
 from .region import FileRegion
 
@@ -107,7 +108,12 @@ def _tensor(ds: h5py.Dataset, path: str) -> Tensor:
     """
     where = f"{path}:{ds.name}"
     offset = ds.id.get_offset()
-    if ds.chunks is None and ds.compression is None and offset is not None and ds.dtype.kind == "f":
+    plain = ds.chunks is None and ds.compression is None and offset is not None
+    if _decode(ds.attrs.get("dtype", "")) == "bfloat16" and ds.dtype.itemsize == 2:
+        # Keras 3 stores bfloat16 as opaque 2-byte values tagged with a `dtype` attribute.
+        bits = FileRegion(path, offset, tuple(ds.shape), np.dtype("<u2")) if plain else ds
+        return Tensor.wrap(BFloat16Source(bits), where)
+    if plain and ds.dtype.kind == "f":
         return Tensor.wrap(FileRegion(path, offset, tuple(ds.shape), ds.dtype), where)
     return Tensor.wrap(ds, where)
 

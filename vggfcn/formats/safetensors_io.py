@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import FormatError
+from ..precision import DTYPES, BFloat16Source, encode
 from ..weights import Tensor
 from .detect import SAFETENSORS_MAX_HEADER
 from .region import FileRegion
@@ -27,21 +28,25 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
     "F64": np.dtype("<f8"),
+    "BF16": np.dtype("<u2"),  # bit patterns, decoded by precision.BFloat16Source
 }
 #: Bytes handed to the OS per write: large enough for full disk speed, small enough for memory.
 BLOCK_BYTES = 16 << 20
 
 
-def header_bytes(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> bytes:
-    """The length prefix and JSON header for float32 tensors stored in name order."""
+def header_bytes(
+    shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], dtype: str = "float32"
+) -> bytes:
+    """The length prefix and JSON header for tensors of one dtype stored in name order."""
+    code, storage = DTYPES[dtype]
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = dict(sorted(metadata.items()))
     offset = 0
     for name in sorted(shapes):
         shape = shapes[name]
-        end = offset + int(np.prod(shape, dtype=np.int64)) * 4
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, end]}
+        end = offset + int(np.prod(shape, dtype=np.int64)) * storage.itemsize
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, end]}
         offset = end
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf8")
     text += b" " * (-len(text) % 8)
@@ -55,8 +60,9 @@ def write(
     progress: Callable[[int], object] = lambda _n: None,
     final_metadata: Callable[[], Mapping[str, str]] | None = None,
     allow_nonfinite: bool = False,
+    dtype: str = "float32",
 ) -> None:
-    """Stream `tensors` (as float32) into `f`, one bounded block at a time.
+    """Stream `tensors` into `f` as `dtype`, one bounded block at a time.
 
     Args:
         f: a seekable binary file open for writing, positioned at 0.
@@ -67,12 +73,13 @@ def write(
             alongside); it replaces `metadata`, whose serialised length it must keep, so the
             header is rewritten in place and no data moves.
         allow_nonfinite: write NaN/Inf values instead of refusing them.
+        dtype: storage precision, "float32", "float16" or "bfloat16" (see `precision`).
 
     Raises:
         FormatError: a tensor holds NaN or Inf (unless allowed), naming it and the count.
     """
     shapes = {n: t.shape for n, t in tensors.items()}
-    header = header_bytes(shapes, metadata)
+    header = header_bytes(shapes, metadata, dtype)
     f.write(header)
     for name in sorted(tensors):
         bad = 0
@@ -81,7 +88,7 @@ def write(
             # sums are far from overflowing): one cheap pass; count only when it is not.
             if not allow_nonfinite and not np.isfinite(block.sum(dtype=np.float32)):
                 bad += int(np.count_nonzero(~np.isfinite(block)))
-            f.write(block.data)
+            f.write(encode(block, dtype, tensors[name].where).data)
             progress(block.nbytes)
         if bad:
             raise FormatError(
@@ -89,7 +96,7 @@ def write(
                 "(--allow-nonfinite converts them as they are)"
             )
     if final_metadata is not None:
-        final = header_bytes(shapes, final_metadata())
+        final = header_bytes(shapes, final_metadata(), dtype)
         if len(final) != len(header):
             raise ValueError("final metadata must serialise to the same length as the first")
         end = f.tell()
@@ -159,9 +166,11 @@ def open_tensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     tensors: dict[str, Tensor] = {}
     for name, entry in entries.items():
         begin = entry["data_offsets"][0]
-        region = FileRegion(
+        region: Any = FileRegion(
             path, data_start + begin, tuple(entry["shape"]), _DTYPES[entry["dtype"]]
         )
+        if entry["dtype"] == "BF16":
+            region = BFloat16Source(region)
         tensors[name] = Tensor.wrap(region, f"{path}:{name}")
     return tensors, metadata
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from ..arch import POOL5_SIZE
 from ..errors import ArchitectureError, FormatError
-from ..weights import RawLayer, SourceInfo, Tensor, VGGWeights, assemble, check_names
+from ..weights import BatchNorm, RawLayer, SourceInfo, Tensor, VGGWeights, assemble, check_names
 
 OIHW_TO_HWIO = (2, 3, 1, 0)
 TORCHVISION_HEAD = ("classifier.0", "classifier.3", "classifier.6")
@@ -26,22 +26,23 @@ TIMM_HEAD = ("pre_logits.fc1", "pre_logits.fc2", "head.fc")
 TF_HEAD = ("fc6", "fc7", "fc8")
 _FEATURE = re.compile(r"features\.(\d+)\.(weight|bias)")
 _TF_CONV = re.compile(r"conv(\d+)_(\d+)")
-_BATCH_NORM = ("running_mean", "running_var", "num_batches_tracked")
+_RUNNING_MEAN = re.compile(r"features\.(\d+)\.running_mean")
+#: torch's BatchNorm2d default; state dicts do not store eps.
+TORCH_BN_EPS = 1e-5
 
 
 def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> VGGWeights:
-    """Canonical weights from a torchvision- or timm-layout state dict.
+    """Canonical weights from a torchvision- or timm-layout state dict, `_bn` variants included.
+
+    In a `_bn` VGG each conv `features.N` is followed by a BatchNorm2d `features.N+1`
+    (weight, bias, running_mean, running_var, num_batches_tracked); it is attached to its conv
+    (eps 1e-5: torch's default, which a state dict does not record) and folded by `to_fcn`.
 
     Raises:
-        FormatError: not a VGG state dict we know, or a batch-norm (`_bn`) checkpoint.
+        FormatError: not a VGG state dict we know.
         ArchitectureError: missing, unexpected or mis-shaped tensors (all listed at once).
     """
     names = set(tensors)
-    if any(n.endswith(_BATCH_NORM) for n in names):
-        raise FormatError(
-            f"{path}: a batch-norm VGG (vgg16_bn); folding BatchNorm into the convolutions is "
-            "not supported yet"
-        )
     if any(n.startswith("pre_logits.") for n in names):
         generation, head_names = "timm", TIMM_HEAD
     elif any(n.startswith("classifier.") for n in names):
@@ -52,11 +53,24 @@ def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> VGGW
             f"{path}: not a torchvision or timm VGG state dict (found {shown}, ...); expected "
             "features.N.weight plus classifier.0/3/6 or pre_logits.fc1/fc2 and head.fc"
         )
-    indices = sorted({int(m.group(1)) for n in names if (m := _FEATURE.fullmatch(n))})
+    norms = {int(m.group(1)) for n in names if (m := _RUNNING_MEAN.fullmatch(n))}
+    indices = sorted({int(m.group(1)) for n in names if (m := _FEATURE.fullmatch(n))} - norms)
     conv_names = [f"features.{i}" for i in indices]
     expected = {f"{n}.{p}" for n in [*conv_names, *head_names] for p in ("weight", "bias")}
+    for i in norms:
+        expected |= {f"features.{i}.{p}" for p in ("weight", "bias", "running_mean", "running_var")}
+        if f"features.{i}.num_batches_tracked" in names:
+            expected.add(f"features.{i}.num_batches_tracked")
     check_names(path, names, expected)
-    trunk = [_torch_conv(tensors, n) for n in conv_names]
+    if norms and norms != {i + 1 for i in indices}:
+        raise ArchitectureError(
+            f"{path}: batch norms at features {sorted(norms)} do not each follow a convolution "
+            f"(convolutions at {indices})"
+        )
+    trunk = [
+        _torch_conv(tensors, n, f"features.{i + 1}" if norms else None)
+        for i, n in zip(indices, conv_names, strict=True)
+    ]
     if generation == "timm":
         head = [
             _torch_fc6_conv(tensors, TIMM_HEAD[0], path),
@@ -69,7 +83,7 @@ def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> VGGW
             _torch_dense(tensors, TORCHVISION_HEAD[1]),
             _torch_dense(tensors, TORCHVISION_HEAD[2]),
         ]
-    source = SourceInfo(path, container, generation, False, "CHW")
+    source = SourceInfo(path, container, generation, False, "CHW", "yes" if norms else "none")
     return assemble(trunk, head, source)
 
 
@@ -101,12 +115,19 @@ def _float(tensors: Mapping[str, Tensor], key: str) -> Tensor:
     return Tensor.wrap(tensor.source, tensor.where) if tensor.order is None else tensor
 
 
-def _torch_conv(tensors: Mapping[str, Tensor], name: str) -> RawLayer:
-    """A conv layer: OIHW kernel -> HWIO."""
+def _torch_conv(tensors: Mapping[str, Tensor], name: str, norm: str | None) -> RawLayer:
+    """A conv layer: OIHW kernel -> HWIO, with the batch norm `norm` that follows it, if any."""
     kernel = _float(tensors, f"{name}.weight")
     if len(kernel.shape) == 4:
         kernel = kernel.permute(kernel.shape, OIHW_TO_HWIO)
-    return RawLayer(name, kernel, _float(tensors, f"{name}.bias"))
+    batch_norm = None
+    if norm is not None:
+        gamma, beta, mean, var = (
+            _float(tensors, f"{norm}.{p}")
+            for p in ("weight", "bias", "running_mean", "running_var")
+        )
+        batch_norm = BatchNorm(gamma, beta, mean, var, TORCH_BN_EPS)
+    return RawLayer(name, kernel, _float(tensors, f"{name}.bias"), batch_norm)
 
 
 def _torch_dense(tensors: Mapping[str, Tensor], name: str) -> RawLayer:
