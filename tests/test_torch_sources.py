@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from fixtures.torch_vgg import VGGFCN, classifier, timm_state_dict
 from vggfcn import forward
 from vggfcn.api import convert_file, inspect_file, verify_files
+from vggfcn.arch import Arch
 from vggfcn.cli import main
 from vggfcn.errors import ArchitectureError
 from vggfcn.formats import load
-from vggfcn.synthetic import TINY, random_layers
+from vggfcn.synthetic import random_layers
 from vggfcn.verify import sample_images
 
 WIDTHS, FC, CLASSES = (4, 8, 8, 16, 16), 32, 10
@@ -121,10 +122,12 @@ def test_inspect_reports_layout_and_flatten_order(sources: dict[str, Path]) -> N
     assert info["softmax"] == "no"
 
 
-def test_tensorflow_vgg_npy(tmp_path: Path) -> None:
-    names = {f"block{b}_conv{i}": f"conv{b}_{i}" for b in range(1, 6) for i in range(1, 4)}
-    layers = {names.get(n, n): [k, b] for n, k, b in random_layers(TINY, seed=2)}
-    path = tmp_path / "vgg16.npy"
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+def test_tensorflow_vgg_npy(tmp_path: Path, arch: str) -> None:
+    names = {f"block{b}_conv{i}": f"conv{b}_{i}" for b in range(1, 6) for i in range(1, 5)}
+    tiny = Arch.from_blocks(arch, (4, 8, 8, 16, 16), (32, 32), 10)
+    layers = {names.get(n, n): [k, b] for n, k, b in random_layers(tiny, seed=2)}
+    path = tmp_path / f"{arch}.npy"
     np.save(path, layers, allow_pickle=True)
     out = tmp_path / "fcn.safetensors"
     convert_file(str(path), str(out))
