@@ -197,3 +197,16 @@ def test_chunked_compressed_datasets_are_read_through_h5py(keras1: Path, tmp_pat
     weights, tensors = read_all(path)
     assert isinstance(weights.head[0].kernel.source, h5py.Dataset)
     np.testing.assert_array_equal(tensors["fc6.kernel"], data)
+
+
+def test_chunked_shape_bomb_is_refused_before_reading(keras1: Path, tmp_path: Path) -> None:
+    path = tmp_path / "bomb.h5"
+    path.write_bytes(keras1.read_bytes())
+    with h5py.File(path, "r+") as f:
+        del f["fc1/fc1_W_1:0"]
+        # 40 GB declared, nothing stored: reading would allocate it all.
+        f["fc1"].create_dataset(
+            "fc1_W_1:0", shape=(100_000, 100_000), dtype="f4", chunks=(1000, 1000)
+        )
+    with pytest.raises(FormatError, match="declares 40000000000 bytes of data but stores 0"):
+        read_all(path)

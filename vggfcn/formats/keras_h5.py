@@ -101,6 +101,12 @@ def _assemble(
     return assemble(trunk, head, source)
 
 
+#: A chunked dataset may decompress to more than it stores, but weights barely compress: one
+#: declaring 100x its stored bytes (and more than 64 MiB) is a shape bomb, not a checkpoint.
+_BOMB_RATIO = 100
+_BOMB_FLOOR = 64 << 20
+
+
 def _tensor(ds: h5py.Dataset, path: str) -> Tensor:
     """A lazy tensor over a dataset: raw positioned reads when its bytes lie plainly in the file.
 
@@ -115,6 +121,12 @@ def _tensor(ds: h5py.Dataset, path: str) -> Tensor:
         return Tensor.wrap(BFloat16Source(bits), where)
     if plain and ds.dtype.kind == "f":
         return Tensor.wrap(FileRegion(path, offset, tuple(ds.shape), ds.dtype), where)
+    stored = ds.id.get_storage_size()
+    if ds.nbytes > max(_BOMB_FLOOR, _BOMB_RATIO * stored):
+        raise FormatError(
+            f"{where}: declares {ds.nbytes} bytes of data but stores {stored}; refused before "
+            "reading (a shape that does not match its data)"
+        )
     return Tensor.wrap(ds, where)
 
 
