@@ -38,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch_224 = forward_figures(args.repeats)
     files = {g: ensure_checkpoint(g) for g in args.generations.split(",")}
     convert_figures(files, args.repeats)
-    verify_figures(files.get("keras1") or next(iter(files.values())), args.repeats, torch_224)
+    source = files.get("keras1") or next(iter(files.values()))
+    verify_figures(source, args.repeats, torch_224)
+    predict_figures(source, args.repeats)
 
 
 # --- measurement primitives -------------------------------------------------------------------
@@ -156,8 +158,8 @@ def verify_figures(source: Path, repeats: int, torch_224: float | None) -> None:
         "(targets: wall <= 7x one torch 224 forward, RSS <= 1.3x file)"
     )
     converted = CACHE / "verify.fcn.safetensors"
-    if not converted.exists():
-        run([PY, "-m", "vggfcn", "convert", "-q", str(source), str(converted)])
+    converted.unlink(missing_ok=True)  # always from this version of vggfcn
+    run([PY, "-m", "vggfcn", "convert", "-q", str(source), str(converted)])
     walls, peaks = [], []
     for _ in range(repeats + 1):
         wall, peak = run([PY, "-m", "vggfcn", "verify", "-q", str(source), str(converted)])
@@ -175,6 +177,27 @@ def verify_figures(source: Path, repeats: int, torch_224: float | None) -> None:
     else:
         line += "; torch ratio missing (torch not installed)"
     print(line)
+
+
+# --- 4. predict at larger sizes ------------------------------------------------------------------
+
+
+def predict_figures(source: Path, repeats: int) -> None:
+    print("\n4. vggfcn predict, full-size VGG16 FCN, one image (target: a few GB at most at 1024)")
+    converted = CACHE / "verify.fcn.safetensors"
+    import numpy as np
+
+    for size in (448, 1024):
+        image = CACHE / f"input{size}.npy"
+        if not image.exists():
+            rng = np.random.default_rng(0)
+            np.save(image, rng.uniform(-128, 128, (size, size, 3)).astype(np.float32))
+        walls, peaks = [], []
+        for _ in range(repeats):
+            wall, peak = run([PY, "-m", "vggfcn", "predict", "-q", str(converted), str(image)])
+            walls.append(wall)
+            peaks.append(peak)
+        print(f"   {size}x{size}: wall {fmt(walls)} s, peak RSS {max(peaks):.0f} MiB")
 
 
 def _has_module(name: str) -> bool:
