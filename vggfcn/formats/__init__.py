@@ -50,7 +50,7 @@ def load(path: str) -> Iterator[VGGWeights]:
 
 
 def _wrap(arrays: dict[str, np.ndarray], path: str) -> dict[str, Tensor]:
-    """Tensors over a state dict's arrays, dtype unchecked: the layout reader checks the names
-    first (a batch-norm file should say so, not trip over its integer counters) and then the
-    dtype of each tensor it uses."""
+    """Tensors over a state dict's arrays, dtype unchecked here: the layout reader checks the
+    names first, then the dtype of each tensor it uses (so a `_bn` file's integer
+    `num_batches_tracked`, which nothing uses, is no error)."""
     return {name: Tensor(a, tuple(a.shape), f"{path}:{name}") for name, a in arrays.items()}
