@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
-from tqdm import tqdm
 
 from . import heatmap, imagenet, images
 from .atomic import atomic_write, check_output
@@ -99,22 +99,14 @@ def convert_file(
                 )
 
         with (
-            tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                file=sys.stderr,
-                disable=not progress,
-                desc="convert",
-                leave=False,
-            ) as bar,
+            _progress(total, progress) as update,
             atomic_write(output, check if verify_output else None) as f,
         ):
             safetensors_io.write(
                 f,
                 tensors,
                 metadata(fcn, name, "0" * 64, layout, names, dtype),
-                bar.update,
+                update,
                 final_metadata=lambda: metadata(fcn, name, digest.result(), layout, names, dtype),
                 allow_nonfinite=allow_nonfinite,
                 dtype=dtype,
@@ -129,6 +121,20 @@ def convert_file(
             source_sha256=digest.result(),
             verification=checks[0] if checks else None,
         )
+
+
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], object]]:
+    """A byte-counting progress bar on stderr, or a no-op; tqdm is imported only when shown
+    (it costs a pipeline run 20 ms of start-up for nothing)."""
+    if not enabled:
+        yield lambda _n: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, desc="convert", leave=False)
+    with bar:
+        yield bar.update
 
 
 def _worst(report: VerifyReport) -> float:
