@@ -210,3 +210,35 @@ def test_chunked_shape_bomb_is_refused_before_reading(keras1: Path, tmp_path: Pa
         )
     with pytest.raises(FormatError, match="declares 40000000000 bytes of data but stores 0"):
         read_all(path)
+
+
+def test_a_file_that_hangs_the_hdf5_library_is_refused(
+    keras1: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some corrupt files send the HDF5 C library into an endless loop (found by fuzzing): the
+    structure walk runs first in a child with a time limit. Simulated by a walk that sleeps."""
+    import time
+
+    import vggfcn.formats.keras_h5 as keras_h5
+
+    monkeypatch.setattr(keras_h5, "PARSE_TIMEOUT", 0.5)
+    monkeypatch.setattr(keras_h5, "_read", lambda f, path: time.sleep(60))
+    start = time.perf_counter()
+    with pytest.raises(
+        FormatError, match=r"did not finish reading the file's structure within 0.5 s"
+    ):
+        keras_h5.open_file(str(keras1))
+    assert time.perf_counter() - start < 10
+
+
+def test_a_file_that_crashes_the_hdf5_library_is_refused(
+    keras1: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    import vggfcn.formats.keras_h5 as keras_h5
+
+    monkeypatch.setattr(keras_h5, "_read", lambda f, path: os.kill(os.getpid(), signal.SIGSEGV))
+    with pytest.raises(FormatError, match=r"crashed \(signal 11\)"):
+        keras_h5.open_file(str(keras1))

@@ -140,6 +140,7 @@ def verify(
         return pool5, pool5 if shared else forward.trunk(converted, x)
 
     pool5, fcn_pool5 = pool5s(sample_images(images, seed, MIN_INPUT, channels))
+    _require_finite(pool5, original)
     # Probes: random non-negative pool5 volumes on the activations' scale, through both heads.
     # Cheap (no trunk), and they reach the fc6 weights that one image's zero activations hide.
     extra = pool5_probes(probes, seed, pool5)
@@ -157,6 +158,7 @@ def verify(
     maps = [(size, m[0]) for size, m in zip(big_sizes, big_maps, strict=True)]
     # One call of the dense head for all volumes: its 400 MB fc6 is read once.
     reference = forward.classifier_head(original, np.concatenate(volumes))
+    _require_finite(reference, original)
     first = images + probes
     main = compare(reference[:first], candidate.reshape(first, -1), atol, rtol)
     spatial, start = [], first
@@ -206,6 +208,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: flo
         ),
         passed=bool(np.all(error <= bound)),
     )
+
+
+def _require_finite(values: np.ndarray, network: VGGWeights) -> None:
+    """A reference that overflows float32 proves nothing either way: say so instead."""
+    if not np.isfinite(values).all():
+        raise ArchitectureError(
+            f"{network.source.path}: the original network's activations are not finite (NaN/Inf) "
+            "on the verification inputs: its weights overflow float32, nothing can be verified"
+        )
 
 
 def _check_pair(original: VGGWeights, converted: VGGWeights) -> None:

@@ -113,8 +113,10 @@ class Tensor:
         """Read from the source, turning a corrupt file's low-level error into ours."""
         try:
             return np.asarray(self.source[key])
-        except (OSError, ValueError) as e:
-            raise FormatError(f"{self.where}: cannot read data ({e})") from None
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+            # h5py's errors on a corrupt dataset; the first line says enough
+            message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise FormatError(f"{self.where}: cannot read data ({message})") from None
 
 
 def _squeeze(

@@ -8,7 +8,9 @@ another file is refused without that file being opened.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import re
 from typing import Any
@@ -21,14 +23,56 @@ from ..precision import BFloat16Source
 from ..weights import RawLayer, SourceInfo, Tensor, VGGWeights, assemble
 from .region import FileRegion
 
+#: What h5py raises on a corrupt file, depending on where the damage is: all become ours.
+_H5PY_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError)
+
 
 def read(f: h5py.File, path: str) -> VGGWeights:
     """Canonical weights of the VGG classifier in an open Keras HDF5 file (tensors stay lazy).
 
     Raises:
-        FormatError: the file is HDF5 but not a Keras weights layout we know, or is unsafe.
+        FormatError: the file is HDF5 but not a Keras weights layout we know, is unsafe, or is
+            corrupt.
         ArchitectureError: the layers do not form a VGG classifier.
     """
+    try:
+        return _read(f, path)
+    except _H5PY_ERRORS as e:
+        raise FormatError(f"{path}: corrupt HDF5 file ({_first_line(e)})") from None
+
+
+def _preflight(path: str) -> None:
+    child = multiprocessing.get_context("fork").Process(target=_walk, args=(path,), daemon=True)
+    child.start()
+    child.join(PARSE_TIMEOUT)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        raise FormatError(
+            f"{path}: the HDF5 library did not finish reading the file's structure within "
+            f"{PARSE_TIMEOUT:g} s; the file is corrupt"
+        )
+    if child.exitcode is not None and child.exitcode < 0:
+        raise FormatError(
+            f"{path}: the HDF5 library crashed (signal {-child.exitcode}) reading the file; "
+            "the file is corrupt"
+        )
+
+
+def _walk(path: str) -> None:
+    """The preflight child: walk everything `read` walks. Errors are the parent's to report;
+    only a hang or a crash matters here."""
+    with contextlib.suppress(Exception), h5py.File(path, "r") as f:
+        _read(f, path)
+    os._exit(0)  # skip interpreter teardown: nothing of the parent's to flush or close
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _read(f: h5py.File, path: str) -> VGGWeights:
     if _has_layer_names(f):
         root, model_file = f, False
     elif "model_weights" in f and _has_layer_names(_group(f, "model_weights", path)):
@@ -212,9 +256,23 @@ def _softmax_from_config(f: h5py.File, last_layer: str) -> bool | None:
     return None
 
 
+#: Seconds the HDF5 library may take to walk a file's structure in the preflight child. A
+#: real checkpoint needs milliseconds; some corrupt files send the C library into an endless
+#: loop (found by fuzzing; a bare `h5py` walk hangs the same way).
+PARSE_TIMEOUT = 5.0
+
+
 def open_file(path: str) -> h5py.File:
-    """Open read-only, turning h5py's OSError into our one-line error."""
+    """Open read-only, after a preflight that proves the HDF5 library can walk the file.
+
+    The preflight runs the whole structure walk in a forked child with a time limit, so a file
+    that hangs or crashes the C library costs a pipeline one clear error, not a stuck job.
+
+    Raises:
+        FormatError: unreadable, or the library hung or crashed on the file's structure.
+    """
+    _preflight(path)
     try:
         return h5py.File(os.fspath(path), "r")
-    except OSError as e:
-        raise FormatError(f"{path}: not a readable HDF5 file ({e})") from None
+    except _H5PY_ERRORS as e:
+        raise FormatError(f"{path}: not a readable HDF5 file ({_first_line(e)})") from None
