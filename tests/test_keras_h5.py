@@ -106,7 +106,7 @@ def test_missing_dataset_names_the_path(keras1: Path, tmp_path: Path) -> None:
     path.write_bytes(keras1.read_bytes())
     with h5py.File(path, "r+") as f:
         del f["fc2/fc2_b_1:0"]
-    with pytest.raises(FormatError, match=r"/fc2/fc2_b_1:0 is missing"):
+    with pytest.raises(ArchitectureError, match=r"missing /fc2/fc2_b_1:0 \(expected \(32,\)\)"):
         read_all(path)
 
 

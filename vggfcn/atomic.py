@@ -37,8 +37,11 @@ def check_output(path: str, inputs: list[str], *, force: bool) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise OutputError(f"{path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: directory {parent} is not writable")
+    try:  # a real probe: permission bits say nothing to root, and /proc-like places lie
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise OutputError(f"{path}: directory {parent} is not writable ({e.strerror})") from None
 
 
 @contextmanager

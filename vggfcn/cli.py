@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 import click
+import numpy as np
 
 from . import __version__, api, selfcheck
 from .arch import MIN_INPUT
@@ -28,7 +29,10 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            # Overflow and NaN are checked explicitly (and reported as one line); NumPy's own
+            # RuntimeWarnings would only add noise to stderr.
+            with np.errstate(all="ignore"):
+                return super().invoke(ctx)
         except VggfcnError as e:
             click.echo(f"vggfcn: error: {e}", err=True)
             ctx.exit(e.exit_code)

@@ -7,7 +7,7 @@ someone reads them, so converting never needs the whole model in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -233,16 +233,20 @@ class RawLayer:
     norm: BatchNorm | None = None
 
 
-def check_names(path: str, found: set[str], expected: set[str]) -> None:
+def check_names(
+    path: str, found: set[str], expected: set[str], shapes: Mapping[str, str] | None = None
+) -> None:
     """Refuse a checkpoint whose tensor names differ from the expected set, listing every
-    missing and every unexpected name in one message.
+    missing name (with its expected shape where `shapes` knows it) and every unexpected one.
 
     Raises:
         ArchitectureError: some names are missing or unexpected.
     """
     missing, extra = sorted(expected - found), sorted(found - expected)
+    shapes = shapes or {}
     if missing or extra:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+        named = [f"{n} {shapes[n]}" if n in shapes else n for n in missing]
+        parts = ([f"missing {', '.join(named)}"] if missing else []) + (
             [f"unexpected {', '.join(extra)}"] if extra else []
         )
         raise ArchitectureError(f"{path}: " + "; ".join(parts))

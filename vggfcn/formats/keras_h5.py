@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import ArchitectureError, FormatError
 from ..precision import BFloat16Source
 from ..weights import RawLayer, SourceInfo, Tensor, VGGWeights, assemble
 from .region import FileRegion
@@ -86,6 +86,7 @@ def _read(f: h5py.File, path: str) -> VGGWeights:
         )
     layers: list[tuple[str, list[h5py.Dataset]]] = []
     generation = "keras1"
+    missing: list[str] = []  # every absent dataset, reported together
     for name in _string_list(root, "layer_names", path):
         group = _group(root, name, path)
         names = _string_list(group, "weight_names", path) if "weight_names" in group.attrs else []
@@ -93,7 +94,15 @@ def _read(f: h5py.File, path: str) -> VGGWeights:
             continue
         if "/" in names[0]:
             generation = "keras2" if names[0].endswith(":0") else "keras3-h5"
-        layers.append((name, [_dataset(group, w, path) for w in names]))
+        found = {}
+        for w in names:
+            try:
+                found[w] = _dataset(group, w, path)
+            except _Missing as e:
+                missing.append(e.where + _expected_shape(w, found, names))
+        layers.append((name, list(found.values())))
+    if missing:
+        raise ArchitectureError(f"{path}: missing {', '.join(missing)}")
     if model_file and generation == "keras2":
         generation = "keras2-model"
     softmax = _softmax_from_config(f, layers[-1][0] if layers else "")
@@ -166,7 +175,7 @@ def _tensor(ds: h5py.Dataset, path: str) -> Tensor:
     if plain and ds.dtype.kind == "f":
         return Tensor.wrap(FileRegion(path, offset, tuple(ds.shape), ds.dtype), where)
     stored = ds.id.get_storage_size()
-    if ds.nbytes > max(_BOMB_FLOOR, _BOMB_RATIO * stored):
+    if ds.nbytes and (stored == 0 or ds.nbytes > max(_BOMB_FLOOR, _BOMB_RATIO * stored)):
         raise FormatError(
             f"{where}: declares {ds.nbytes} bytes of data but stores {stored}; refused before "
             "reading (a shape that does not match its data)"
@@ -200,13 +209,30 @@ def _decode(value: Any) -> str:
     return value.decode("utf8") if isinstance(value, bytes | np.bytes_) else str(value)
 
 
+class _Missing(FormatError):
+    """A path that is not in the file (collected, so all of them are reported at once)."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def _expected_shape(name: str, found: dict[str, h5py.Dataset], names: list[str]) -> str:
+    """ " (expected (C,))" for a missing bias whose kernel is present; else nothing."""
+    kernels = [d for w, d in found.items() if w != name and len(d.shape) > 1]
+    if kernels and names.index(name) > 0:
+        return f" (expected ({kernels[0].shape[-1]},))"
+    return ""
+
+
 def _child(group: h5py.Group, name: str, path: str) -> Any:
     """`group[name]` walked one part at a time, refusing anything but hard links."""
     obj: Any = group
     for part in [p for p in name.split("/") if p]:
         link = obj.get(part, getlink=True)
         if link is None:
-            raise FormatError(f"{path}: {obj.name.rstrip('/')}/{part} is missing")
+            where = f"{obj.name.rstrip('/')}/{part}"
+            raise _Missing(f"{path}: {where} is missing", where)
         if not isinstance(link, h5py.HardLink):
             kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
             raise FormatError(f"{path}: {obj.name.rstrip('/')}/{part} is {kind}; refused")

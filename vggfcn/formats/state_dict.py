@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from ..arch import POOL5_SIZE
+from ..arch import PLANS, POOL5_SIZE
 from ..errors import ArchitectureError, FormatError
 from ..weights import BatchNorm, RawLayer, SourceInfo, Tensor, VGGWeights, assemble, check_names
 
@@ -61,7 +61,7 @@ def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> VGGW
         expected |= {f"features.{i}.{p}" for p in ("weight", "bias", "running_mean", "running_var")}
         if f"features.{i}.num_batches_tracked" in names:
             expected.add(f"features.{i}.num_batches_tracked")
-    check_names(path, names, expected)
+    check_names(path, names, expected, _torch_shapes(tensors, conv_names, head_names, generation))
     if norms and norms != {i + 1 for i in indices}:
         raise ArchitectureError(
             f"{path}: batch norms at features {sorted(norms)} do not each follow a convolution "
@@ -97,8 +97,14 @@ def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> VGGWei
         for name in layers
         if (m := _TF_CONV.fullmatch(name))
     )
-    expected = {name for _, _, name in convs} | set(TF_HEAD)
-    check_names(path, set(layers), expected)
+    # Names say which block a conv is in, so a missing conv shows against the smallest VGG
+    # plan that holds every conv found (conv1_2 missing from a VGG16 is still expected).
+    deepest = [max([i for b, i, _ in convs if b == block], default=0) for block in range(1, 6)]
+    plans = [p for p in PLANS.values() if all(n >= d for n, d in zip(p, deepest, strict=True))]
+    plan = min(plans, key=sum) if plans else tuple(deepest)
+    expected = {f"conv{b}_{i}" for b, n in enumerate(plan, 1) for i in range(1, n + 1)}
+    check_names(path, set(layers), expected | set(TF_HEAD))
+    convs = [(b, i, f"conv{b}_{i}") for b, n in enumerate(plan, 1) for i in range(1, n + 1)]
     raws = []
     for name in [n for _, _, n in convs] + list(TF_HEAD):
         params = layers[name]
@@ -107,6 +113,49 @@ def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> VGGWei
         raws.append(RawLayer(name, params[0], params[1]))
     source = SourceInfo(path, "npy", "tensorflow-vgg", True, "HWC")
     return assemble(raws[: len(convs)], raws[len(convs) :], source)
+
+
+def _torch_shapes(
+    tensors: Mapping[str, Tensor], convs: list[str], head: tuple[str, ...], generation: str
+) -> dict[str, str]:
+    """Expected shapes of every weight and bias, from the widths the other tensors show (a
+    layer's width from its bias or weight; its input from the layer before), for messages."""
+
+    def width(layer: str) -> int | None:
+        for part, axis in (("bias", 0), ("weight", 0)):
+            tensor = tensors.get(f"{layer}.{part}")
+            if tensor is not None and tensor.shape:
+                return int(tensor.shape[axis])
+        return None
+
+    def dims(*values: int | None) -> str:
+        return (
+            "("
+            + ", ".join("?" if v is None else str(v) for v in values)
+            + ("," if len(values) == 1 else "")
+            + ")"
+        )
+
+    shapes: dict[str, str] = {}
+    previous: int | None = 3
+    for i, layer in enumerate([*convs, *head]):
+        out = width(layer)
+        if i < len(convs):
+            weight = dims(out, previous, 3, 3)
+        elif layer == head[0]:
+            side = POOL5_SIZE
+            weight = (
+                dims(out, previous, side, side)
+                if generation == "timm"
+                else dims(out, None if previous is None else previous * side * side)
+            )
+        elif layer == head[1] and generation == "timm":
+            weight = dims(out, previous, 1, 1)
+        else:
+            weight = dims(out, previous)
+        shapes[f"{layer}.weight"], shapes[f"{layer}.bias"] = weight, dims(out)
+        previous = out
+    return shapes
 
 
 def _float(tensors: Mapping[str, Tensor], key: str) -> Tensor:
