@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz_worker import (
     EXAMPLE_TIMEOUT,
+    FCN_ORIGINAL,
     HDF5_FORMATS,
     Op,
     Worker,
@@ -97,7 +98,7 @@ def test_mutated_checkpoint_fails_cleanly_or_converts_exactly(
     source.write_bytes(data)
     outdir = folder / "out"
     outdir.mkdir()
-    original = str(seeds["keras1"]) if fmt == "fcn" else None
+    original = str(seeds[FCN_ORIGINAL]) if fmt == "fcn" else None
     if fmt in HDF5_FORMATS:
         verdict = worker.run(fmt, str(source), str(outdir), original, EXAMPLE_TIMEOUT + 4)
     else:
