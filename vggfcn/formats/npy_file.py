@@ -15,7 +15,7 @@ What the pickle may name, checked by experiment and in the numpy sources:
   `_codecs.encode(text, 'latin1')`, which we allow for that one encoding.
 Each maps to a small object of ours; the arrays are built by us from the validated state, so no
 numpy constructor ever sees the file's arguments. Anything else is refused before lookup, and
-the opcodes are pre-scanned (`torch_zip.scan_pickle`) so no length field can make the
+the opcodes are pre-scanned (`pickle_scan.scan_pickle`) so no length field can make the
 unpickler allocate more than the file holds.
 
 Arrays are read into memory (the pickle interleaves them with its opcodes). Layers stored as
@@ -35,7 +35,9 @@ import numpy as np
 
 from ..errors import FormatError
 from .detect import NPY_MAGIC
-from .torch_zip import scan_pickle
+from .pickle_scan import printable as _printable
+from .pickle_scan import scan_pickle
+from .pickle_scan import show as _show
 
 #: numpy itself refuses headers above 10000 bytes unless told otherwise; so do we.
 HEADER_MAX_BYTES = 10_000
@@ -286,16 +288,3 @@ def _params(path: str, name: str, params: Any) -> list[np.ndarray]:
             raise FormatError(f"{path}: layer {name} item {i} is not a numeric array")
         arrays.append(value)
     return arrays
-
-
-def _printable(text: str, limit: int = 100) -> str:
-    """Text from the file, safe in a one-line message: as is when printable, else its repr."""
-    text = text[:limit]
-    return text if text.isprintable() else repr(text)
-
-
-def _show(value: object) -> str:
-    """A value from the file, described without a repr that could be huge or span lines."""
-    if type(value) in (str, bytes):
-        return repr(value[:60])  # type: ignore[index]
-    return f"a {type(value).__name__}"

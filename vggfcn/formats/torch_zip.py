@@ -29,10 +29,8 @@ Decisions:
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import pickle
-import pickletools
 import struct
 import zipfile
 import zlib
@@ -44,6 +42,9 @@ import numpy as np
 
 from ..errors import FormatError
 from .detect import ZIP_MAGIC
+from .pickle_scan import printable as _printable
+from .pickle_scan import scan_pickle
+from .pickle_scan import show as _show
 
 #: The pickle of a state dict is a few bytes per tensor; anything larger is not a state dict.
 PICKLE_MAX_BYTES = 100_000_000
@@ -78,23 +79,6 @@ _PICKLE_ERRORS = (
     MemoryError,
     struct.error,
 )
-
-
-#: Opcode byte -> description, for the pre-scan. Protocol 5's out-of-band buffers and the
-#: copyreg extension registry (EXT1/2/4) have no place in a checkpoint.
-_OPCODES = {
-    op.code.encode("latin-1")[0]: op
-    for op in pickletools.opcodes
-    if op.proto <= 4 and not op.name.startswith("EXT")
-}
-_MEMO_PUTS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"})
-#: Argument length prefixes: pickletools' marker -> (bytes in the prefix, signed).
-_COUNTED = {
-    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
-    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
-    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
-    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
-}
 
 
 class _StorageType(NamedTuple):
@@ -330,61 +314,6 @@ class _Unpickler(pickle.Unpickler):
         return data
 
 
-def scan_pickle(data: bytes | mmap.mmap, start: int, path: str, what: str) -> None:
-    """Walk a pickle's opcodes before unpickling it: known opcodes, every length inside `data`.
-
-    Why: CPython's unpickler allocates whatever a length field claims before reading, and grows
-    its memo to any index it is given, so a 20-byte pickle can demand gigabytes. Writers number
-    memo entries 0, 1, 2...; we refuse an index beyond the next one. Nothing is decoded here.
-
-    Raises:
-        FormatError: an unknown, protocol-5 or EXT opcode, an argument running past the end of
-        the data, a memo index out of sequence, or no STOP.
-    """
-    pos, memo, end = start, 0, len(data)
-    while pos < end:
-        op = _OPCODES.get(data[pos])
-        if op is None:
-            raise FormatError(
-                f"{path}: {what} has an unsupported pickle opcode {data[pos]:#04x} at byte {pos}"
-            )
-        at, pos = pos, pos + 1
-        arg, value = op.arg, b""
-        if arg is None:
-            pass
-        elif arg.n >= 0:
-            value, pos = data[pos : pos + arg.n], pos + arg.n
-        elif arg.n == pickletools.UP_TO_NEWLINE:
-            for _ in range(2 if arg.name == "stringnl_noescape_pair" else 1):
-                newline = data.find(b"\n", pos)
-                value, pos = data[pos:newline], (newline + 1 if newline >= 0 else end + 1)
-        else:
-            width, signed = _COUNTED[arg.n]
-            count = int.from_bytes(data[pos : pos + width], "little", signed=signed)
-            pos += width + (count if count >= 0 else end)
-        framed = int.from_bytes(value, "little") if op.name == "FRAME" else 0
-        if pos + framed > end:
-            raise FormatError(
-                f"{path}: {what} is truncated ({op.name} at byte {at} runs past its end)"
-            )
-        if op.name == "STOP":
-            return
-        if op.name in _MEMO_PUTS:
-            index = memo if op.name == "MEMOIZE" else _memo_index(op.name, value)
-            if index is None or index > memo:
-                raise FormatError(f"{path}: {what} stores memo entry {index} out of sequence")
-            memo = max(memo, index + 1)
-    raise FormatError(f"{path}: {what} is truncated (no STOP opcode)")
-
-
-def _memo_index(name: str, value: bytes) -> int | None:
-    """The index PUT (a decimal line) or BINPUT/LONG_BINPUT (little-endian) stores under."""
-    if name != "PUT":
-        return int.from_bytes(value, "little")
-    text = value.strip()
-    return int(text) if text.isdigit() and len(text) < 20 else None
-
-
 def _check_magic(path: str) -> None:
     """Refuse, by content, anything that is not a zip, naming the legacy format when we see it."""
     try:
@@ -525,16 +454,3 @@ def _dims(value: Any) -> tuple[int, ...] | None:
 
 def _is_count(value: Any) -> bool:
     return type(value) is int and value >= 0
-
-
-def _printable(text: str, limit: int = 100) -> str:
-    """Text from the file, safe in a one-line message: as is when printable, else its repr."""
-    text = text[:limit]
-    return text if text.isprintable() else repr(text)
-
-
-def _show(value: object) -> str:
-    """A value from the file, described without a repr that could be huge or span lines."""
-    if type(value) in (str, bytes):
-        return repr(value[:60])  # type: ignore[index]
-    return f"a {type(value).__name__}"
