@@ -35,8 +35,8 @@ import numpy as np
 
 from ..errors import FormatError
 from .detect import NPY_MAGIC
+from .pickle_scan import allowed_global, scan_pickle
 from .pickle_scan import printable as _printable
-from .pickle_scan import scan_pickle
 from .pickle_scan import show as _show
 
 #: numpy itself refuses headers above 10000 bytes unless told otherwise; so do we.
@@ -141,13 +141,9 @@ class _Unpickler(pickle.Unpickler):
         }
 
     def find_class(self, module: str, name: str) -> Any:
-        found = self._globals.get((module, name))
-        if found is None:
-            raise FormatError(
-                f"{self._path}: refused to unpickle global {_printable(module)}.{_printable(name)} "
-                "(only a dict of NumPy arrays is read; nothing was executed)"
-            )
-        return found
+        return allowed_global(
+            self._globals, self._path, module, name, "a dict of NumPy arrays is read"
+        )
 
     def persistent_load(self, pid: Any) -> Any:
         raise FormatError(f"{self._path}: the pickle refers to an external object ({_show(pid)})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import pickletools
+from typing import Any
 
 from ..errors import FormatError
 
@@ -81,6 +82,24 @@ def _memo_index(name: str, value: bytes) -> int | None:
         return int.from_bytes(value, "little")
     text = value.strip()
     return int(text) if text.isdigit() and len(text) < 20 else None
+
+
+def allowed_global(
+    allowed: dict[tuple[str, str], Any], path: str, module: str, name: str, reads: str
+) -> Any:
+    """The object a restricted unpickler's `find_class` hands out for (module, name), or a
+    refusal naming the global: nothing is imported or called for a name off the allowlist.
+
+    Raises:
+        FormatError: (module, name) is not allowed; `reads` says what the reader accepts.
+    """
+    found = allowed.get((module, name))
+    if found is None:
+        raise FormatError(
+            f"{path}: refused to unpickle global {printable(module)}.{printable(name)} "
+            f"(only {reads}; nothing was executed)"
+        )
+    return found
 
 
 def printable(text: str, limit: int = 100) -> str:

@@ -42,8 +42,8 @@ import numpy as np
 
 from ..errors import FormatError
 from .detect import ZIP_MAGIC
+from .pickle_scan import allowed_global, scan_pickle
 from .pickle_scan import printable as _printable
-from .pickle_scan import scan_pickle
 from .pickle_scan import show as _show
 
 #: The pickle of a state dict is a few bytes per tensor; anything larger is not a state dict.
@@ -247,13 +247,9 @@ class _Unpickler(pickle.Unpickler):
         }
 
     def find_class(self, module: str, name: str) -> Any:
-        found = self._globals.get((module, name))
-        if found is None:
-            raise FormatError(
-                f"{self._path}: refused to unpickle global {_printable(module)}.{_printable(name)} "
-                "(only plain tensor state dicts are read; nothing was executed)"
-            )
-        return found
+        return allowed_global(
+            self._globals, self._path, module, name, "plain tensor state dicts are read"
+        )
 
     def persistent_load(self, pid: Any) -> _Storage:
         """Resolve torch's `('storage', type, key, location, numel)` to a checked member."""
