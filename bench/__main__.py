@@ -10,6 +10,7 @@ Usage: python -m bench [--repeats N] [--generations keras1,keras3-weights,...]
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -30,6 +31,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--generations", default=",".join(GENERATIONS))
     args = parser.parse_args(argv)
     CACHE.mkdir(parents=True, exist_ok=True)
+    # Time the tool as a user runs it: pip byte-compiles an installed package, but this source
+    # checkout is not compiled when PYTHONDONTWRITEBYTECODE is set (as on CI machines), and
+    # compiling ~30 modules on every start would be charged to each measurement.
+    for package in ("vggfcn", "bench", "fixtures"):
+        compileall.compile_dir(package, quiet=1)
     print(f"machine: {os.cpu_count()} cores, {_memory_gib():.0f} GiB; {_blas()}")
     print(
         f"python {sys.version.split()[0]}; median of {args.repeats} (min-max); "

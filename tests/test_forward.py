@@ -58,6 +58,36 @@ def test_conv2d_equals_direct_definition(k: int, same: bool, shape: tuple[int, .
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("k", "same"), [(3, True), (3, False), (7, False), (1, False)])
+def test_row_gemm_strategy_in_several_bands_equals_direct_definition(
+    k: int, same: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large layers take the per-kernel-row path; force it on a small one, cut into bands of
+    # 256 rows (a band boundary falls mid-image row), and check it against the definition.
+    monkeypatch.setattr(forward, "IM2COL_BYTES", 0)
+    monkeypatch.setattr(forward, "MAX_BLOCK_ROWS", 256)
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((2, 23, 19, 5)).astype(np.float32)
+    kernel = rng.standard_normal((k, k, 5, 6)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    fast = forward.conv2d(x, kernel, bias, same=same, relu=True)
+    slow = np.maximum(direct_conv2d(x, kernel, bias, same=same), 0)
+    assert fast.shape == slow.shape
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_valid_convs_of_several_maps_equal_one_conv_each() -> None:
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal(shape).astype(np.float32) for shape in [(2, 7, 7, 4), (1, 9, 8, 4)]]
+    kernel = rng.standard_normal((7, 7, 4, 5)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    together = forward.valid_convs(xs, kernel, bias, relu=True)
+    assert [y.shape for y in together] == [(2, 1, 1, 5), (1, 3, 2, 5)]
+    for x, y in zip(xs, together, strict=True):
+        alone = np.maximum(direct_conv2d(x, kernel, bias, same=False), 0)
+        np.testing.assert_allclose(y, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_max_pool_takes_window_maxima_and_drops_odd_edges() -> None:
     x = np.arange(2 * 5 * 7 * 3, dtype=np.float32).reshape(2, 5, 7, 3)
     x = np.random.default_rng(1).permutation(x.reshape(-1)).reshape(x.shape)

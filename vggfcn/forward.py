@@ -2,7 +2,7 @@
 
 Channels-last (N, H, W, C), float32. Every convolution and dense layer is a GEMM, so the BLAS
 does the work: no Python loops over pixels or channels, and no im2col buffer nine times the
-size of a large layer (those run one GEMM per kernel tap instead).
+size of a large layer (those run one GEMM per kernel row instead).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from .weights import F32, BatchNorm, VGGWeights
 #: Patch matrices up to this size are built whole (im2col, one GEMM): the first layer (27
 #: columns), the last blocks, and the 7x7 head, whose huge kernel must be read once, not per tap.
 IM2COL_BYTES = 16 << 20
-#: Output rows per block in the per-tap path: the accumulator block stays near 2 MB, in cache.
-BLOCK_BYTES = 2 << 20
+#: Output rows per block in the row-GEMM path: at most this many, and an accumulator block of
+#: at most ACC_BYTES (measured on VGG16 layers: larger blocks keep the BLAS busier for longer).
+MAX_BLOCK_ROWS = 8192
+ACC_BYTES = 4 << 20
 
 
 def conv2d(
@@ -39,18 +41,19 @@ def conv2d(
 
     Two exact strategies, chosen by size. Small patch matrices: im2col, every output pixel's
     KH x KW x C window laid out in HWIO order, times the kernel as one (KH*KW*C, O) matrix.
-    Large ones: per tap, a GEMM on a contiguous slice of the flattened padded image (output
-    pixel (y, x) reads row y*W + x + dy*W + dx), accumulated block by block in cache.
+    Large ones: one GEMM per kernel row (`_row_gemms`), no buffer that grows as KH*KW times
+    the layer.
     """
     kh, kw, c, o = kernel.shape
-    if same:
-        x = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    pad = (kh // 2, kw // 2) if same else (0, 0)
     n, h, w, _ = x.shape
-    ho, wo = h - kh + 1, w - kw + 1
+    ho, wo = h + 2 * pad[0] - kh + 1, w + 2 * pad[1] - kw + 1
     if n * ho * wo * kh * kw * c * 4 <= IM2COL_BYTES:
+        if same:
+            x = np.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
         out = _im2col(x, kernel)
     else:
-        out = _per_tap(x, kernel)
+        out = _row_gemms(x, kernel, pad)
     out += bias
     if relu:
         np.maximum(out, 0, out=out)
@@ -59,35 +62,79 @@ def conv2d(
 
 def _im2col(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     kh, kw, c, o = kernel.shape
+    n, h, w, _ = x.shape
+    out: np.ndarray = _patches(x, kh, kw) @ kernel.reshape(-1, o)
+    return out.reshape(n, h - kh + 1, w - kw + 1, o)
+
+
+def _patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """(N*H'*W', KH*KW*C): each output pixel's window in HWIO order, one row per pixel."""
     windows = sliding_window_view(x, (kh, kw), axis=(1, 2))  # (N, H', W', C, KH, KW) view
-    n, ho, wo = windows.shape[:3]
     patches = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3), dtype=F32)
-    out: np.ndarray = patches.reshape(n * ho * wo, kh * kw * c) @ kernel.reshape(-1, o)
-    return out.reshape(n, ho, wo, o)
+    return patches.reshape(-1, kh * kw * x.shape[3])
 
 
-def _per_tap(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def valid_convs(
+    xs: Sequence[np.ndarray], kernel: np.ndarray, bias: np.ndarray, *, relu: bool
+) -> list[np.ndarray]:
+    """`conv2d(x, kernel, bias, same=False)` for each x, reading a large kernel once.
+
+    The head's fc6 kernel is 400 MB and each GEMM with few rows streams all of it from memory:
+    when the maps' patch matrices fit, they are stacked into one GEMM instead of one each.
+    """
+    kh, kw, c, o = kernel.shape
+    shapes = [(x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1) for x in xs]
+    rows = [n * h * w for n, h, w in shapes]
+    if len(xs) < 2 or sum(rows) * kh * kw * c * 4 > IM2COL_BYTES:
+        return [conv2d(x, kernel, bias, same=False, relu=relu) for x in xs]
+    out: np.ndarray = np.concatenate([_patches(x, kh, kw) for x in xs]) @ kernel.reshape(-1, o)
+    out += bias
+    if relu:
+        np.maximum(out, 0, out=out)
+    ends = np.cumsum(rows)[:-1]
+    return [y.reshape(*shape, o) for y, shape in zip(np.split(out, ends), shapes, strict=True)]
+
+
+def _row_gemms(x: np.ndarray, kernel: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
+    """Convolution as KH GEMMs, one per kernel row, over the flattened padded image.
+
+    With the padded image flattened to rows of C values, output pixel (y, x) reads input rows
+    p + dy*W + dx for p = y*W + x: the KW taps of kernel row dy are KW consecutive rows, so
+    laying each band of rows beside its next KW-1 neighbours (one copy, KW*C columns) turns
+    that kernel row into one GEMM with KW*C-deep products. Three deep GEMMs and two
+    accumulations beat nine shallow GEMMs and eight accumulations (NumPy's element-wise adds
+    run on one core, the BLAS on all of them); the last KW-1 columns of each output row wrap
+    around the image and are cut off at the end.
+    """
     kh, kw, c, o = kernel.shape
     n, h, w, _ = x.shape
-    ho, wo = h - kh + 1, w - kw + 1
-    taps = [dy * w + dx for dy in range(kh) for dx in range(kw)]
-    per_tap = kernel.reshape(len(taps), c, o)
-    rows = ho * w
-    block = min(rows, max(256, min(4096, BLOCK_BYTES // (o * 4))))
-    flat = np.zeros((h * w + kw - 1, c), dtype=F32)
+    hp, wp = h + 2 * pad[0], w + 2 * pad[1]
+    ho, wo = hp - kh + 1, wp - kw + 1
+    rows = ho * wp
+    per_row = kernel.reshape(kh, kw * c, o)
+    block = min(rows, MAX_BLOCK_ROWS, max(256, ACC_BYTES // (o * 4)))
+    flat = np.zeros((hp * wp + kw - 1, c), dtype=F32)  # zero borders: the padding, written once
+    image = flat[: hp * wp].reshape(hp, wp, c)[pad[0] : pad[0] + h, pad[1] : pad[1] + w]
+    side_by_side = np.empty((block + (kh - 1) * wp, kw, c), dtype=F32)
     acc = np.empty((rows, o), dtype=F32)
     tmp = np.empty((block, o), dtype=F32)
     out = np.empty((n, ho, wo, o), dtype=F32)
     for i in range(n):
-        flat[: h * w] = x[i].reshape(h * w, c)
+        image[...] = x[i]
         for r0 in range(0, rows, block):
             r1 = min(r0 + block, rows)
+            span = r1 - r0 + (kh - 1) * wp
+            band = side_by_side[:span]
+            for dx in range(kw):
+                band[:, dx] = flat[r0 + dx : r0 + dx + span]
+            wide = band.reshape(span, kw * c)
             a = acc[r0:r1]
-            np.matmul(flat[taps[0] + r0 : taps[0] + r1], per_tap[0], out=a)
-            for t in range(1, len(taps)):
-                np.matmul(flat[taps[t] + r0 : taps[t] + r1], per_tap[t], out=tmp[: r1 - r0])
-                a += tmp[: r1 - r0]
-        out[i] = acc.reshape(ho, w, o)[:, :wo]
+            np.matmul(wide[: r1 - r0], per_row[0], out=a)
+            for dy in range(1, kh):
+                t = tmp[: r1 - r0]
+                np.matmul(wide[dy * wp : dy * wp + r1 - r0], per_row[dy], out=t)
+                a += t
+        out[i] = acc.reshape(ho, wp, o)[:, :wo]
     return out
 
 
@@ -160,8 +207,7 @@ def fcn_heads(weights: VGGWeights, pool5s: Sequence[np.ndarray]) -> list[np.ndar
         raise VggfcnError(f"{weights.source.path}: has a dense head, not a convolutional one")
     xs = list(pool5s)
     for i, layer in enumerate(weights.head):
-        kernel, bias = layer.kernel.read(), layer.bias.read()
-        xs = [conv2d(x, kernel, bias, same=False, relu=i < 2) for x in xs]
+        xs = valid_convs(xs, layer.kernel.read(), layer.bias.read(), relu=i < 2)
     return xs
 
 

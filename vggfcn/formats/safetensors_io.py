@@ -158,9 +158,8 @@ def read_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
 def open_tensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Lazy tensors over a validated safetensors file (nothing is read yet).
 
-    Tensors are read with positioned reads into private arrays rather than memory-mapped:
-    mapped pages count towards the process's memory as long as the map lives, while a read
-    array is freed as soon as the layer that needed it is done.
+    Each read maps only that tensor's bytes (`FileRegion`), and the map goes when the array
+    does: a layer's weights cost memory only while that layer is in use.
     """
     entries, metadata, data_start = read_header(path)
     tensors: dict[str, Tensor] = {}
