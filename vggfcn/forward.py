@@ -25,8 +25,43 @@ MAX_BLOCK_ROWS = 8192
 ACC_BYTES = 4 << 20
 
 
+class Scratch:
+    """Buffers that one forward pass reuses from layer to layer.
+
+    Fresh memory is slow the first time it is touched (a page fault per page, and on a VM the
+    host's fault too): a VGG16 pass at 224 would fault in ~150 MB of temporaries, one layer
+    after another, and pay for it in every call. Each named buffer grows to the largest layer
+    that asks for it and is handed out again as a view. Results alternate between two buffers:
+    a layer's output stays intact while the next layer reads it, and is overwritten by the one
+    after that.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+        self._turn = 0
+
+    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised float32 array of `shape` in the buffer called `name`."""
+        size = int(np.prod(shape, dtype=np.int64))
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[name] = np.empty(size, dtype=F32)
+        return buffer[:size].reshape(shape)
+
+    def result(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A layer's output buffer, valid until the next-but-one call."""
+        self._turn ^= 1
+        return self.take(f"result{self._turn}", shape)
+
+
 def conv2d(
-    x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, *, same: bool, relu: bool = False
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray,
+    *,
+    same: bool,
+    relu: bool = False,
+    scratch: Scratch | None = None,
 ) -> np.ndarray:
     """2-D cross-correlation (what every framework calls convolution), stride 1.
 
@@ -36,6 +71,7 @@ def conv2d(
         bias: (O,).
         same: zero-pad so the output keeps H x W (odd kernels), else "valid".
         relu: apply ReLU to the output.
+        scratch: reuse this pass's buffers; the result then lives in `scratch` (see there).
     Returns:
         (N, H', W', O) float32.
 
@@ -48,30 +84,88 @@ def conv2d(
     pad = (kh // 2, kw // 2) if same else (0, 0)
     n, h, w, _ = x.shape
     ho, wo = h + 2 * pad[0] - kh + 1, w + 2 * pad[1] - kw + 1
+    scratch = scratch or Scratch()
     if n * ho * wo * kh * kw * c * 4 <= IM2COL_BYTES:
-        if same:
-            x = np.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
-        out = _im2col(x, kernel)
+        padded = scratch.take("padded", (n, h + 2 * pad[0], w + 2 * pad[1], c))
+        for i in range(n):
+            _pad_into(padded[i], x[i], pad)
+        out = _im2col(padded, kernel, scratch)
     else:
-        out = _row_gemms(x, kernel, pad)
+        out = _row_gemms(x, kernel, pad, scratch)
     out += bias
     if relu:
         np.maximum(out, 0, out=out)
     return out
 
 
-def _im2col(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def _pad_into(buffer: np.ndarray, image: np.ndarray, pad: tuple[int, int]) -> None:
+    """Copy (H, W, C) `image` into the middle of `buffer`, zeroing only the border around it."""
+    (p, q), (h, w) = pad, image.shape[:2]
+    buffer[:p] = 0
+    buffer[p + h :] = 0
+    buffer[p : p + h, :q] = 0
+    buffer[p : p + h, q + w :] = 0
+    buffer[p : p + h, q : q + w] = image
+
+
+def _im2col(x: np.ndarray, kernel: np.ndarray, scratch: Scratch) -> np.ndarray:
     kh, kw, c, o = kernel.shape
     n, h, w, _ = x.shape
-    out: np.ndarray = _patches(x, kh, kw) @ kernel.reshape(-1, o)
-    return out.reshape(n, h - kh + 1, w - kw + 1, o)
+    ho, wo = h - kh + 1, w - kw + 1
+    patches = scratch.take("patches", (n * ho * wo, kh * kw * c))
+    np.copyto(patches.reshape(n, ho, wo, kh, kw, c), _windows(x, kh, kw))
+    out = scratch.result((n * ho * wo, o))
+    np.matmul(patches, kernel.reshape(-1, o), out=out)
+    return out.reshape(n, ho, wo, o)
 
 
-def _patches(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
-    """(N*H'*W', KH*KW*C): each output pixel's window in HWIO order, one row per pixel."""
-    windows = sliding_window_view(x, (kh, kw), axis=(1, 2))  # (N, H', W', C, KH, KW) view
-    patches = np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3), dtype=F32)
-    return patches.reshape(-1, kh * kw * x.shape[3])
+def _windows(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """(N, H', W', KH, KW, C) view: each output pixel's window in HWIO order."""
+    return sliding_window_view(x, (kh, kw), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+
+
+def _row_gemms(
+    x: np.ndarray, kernel: np.ndarray, pad: tuple[int, int], scratch: Scratch
+) -> np.ndarray:
+    """Convolution as KH GEMMs, one per kernel row, over the flattened padded image.
+
+    With the padded image flattened to rows of C values, output pixel (y, x) reads input rows
+    p + dy*W + dx for p = y*W + x: the KW taps of kernel row dy are KW consecutive rows, so
+    laying each band of rows beside its next KW-1 neighbours (one copy, KW*C columns) turns
+    that kernel row into one GEMM with KW*C-deep products. Three deep GEMMs and two
+    accumulations beat nine shallow GEMMs and eight accumulations (NumPy's element-wise adds
+    run on one core, the BLAS on all of them). The last KW-1 columns of each output row wrap
+    around the image: the result is a view that leaves them out, not a copy without them (the
+    next layer copies its input into its own padded buffer anyway).
+    """
+    kh, kw, c, o = kernel.shape
+    n, h, w, _ = x.shape
+    hp, wp = h + 2 * pad[0], w + 2 * pad[1]
+    ho, wo = hp - kh + 1, wp - kw + 1
+    rows = ho * wp
+    per_row = kernel.reshape(kh, kw * c, o)
+    block = min(rows, MAX_BLOCK_ROWS, max(256, ACC_BYTES // (o * 4)))
+    flat = scratch.take("flat", (hp * wp + kw - 1, c))
+    flat[hp * wp :] = 0  # read only by the wrapped-around columns that are cut off
+    side_by_side = scratch.take("side_by_side", (block + (kh - 1) * wp, kw, c))
+    tmp = scratch.take("tmp", (block, o))
+    acc = scratch.result((n, rows, o))
+    for i in range(n):
+        _pad_into(flat[: hp * wp].reshape(hp, wp, c), x[i], pad)
+        for r0 in range(0, rows, block):
+            r1 = min(r0 + block, rows)
+            span = r1 - r0 + (kh - 1) * wp
+            band = side_by_side[:span]
+            for dx in range(kw):
+                band[:, dx] = flat[r0 + dx : r0 + dx + span]
+            wide = band.reshape(span, kw * c)
+            a = acc[i, r0:r1]
+            np.matmul(wide[: r1 - r0], per_row[0], out=a)
+            for dy in range(1, kh):
+                t = tmp[: r1 - r0]
+                np.matmul(wide[dy * wp : dy * wp + r1 - r0], per_row[dy], out=t)
+                a += t
+    return acc.reshape(n, ho, wp, o)[:, :, :wo]
 
 
 def valid_convs(
@@ -87,55 +181,13 @@ def valid_convs(
     rows = [n * h * w for n, h, w in shapes]
     if len(xs) < 2 or sum(rows) * kh * kw * c * 4 > IM2COL_BYTES:
         return [conv2d(x, kernel, bias, same=False, relu=relu) for x in xs]
-    out: np.ndarray = np.concatenate([_patches(x, kh, kw) for x in xs]) @ kernel.reshape(-1, o)
+    patches = [_windows(x, kh, kw).reshape(-1, kh * kw * c) for x in xs]  # copies
+    out: np.ndarray = np.concatenate(patches) @ kernel.reshape(-1, o)
     out += bias
     if relu:
         np.maximum(out, 0, out=out)
     ends = np.cumsum(rows)[:-1]
     return [y.reshape(*shape, o) for y, shape in zip(np.split(out, ends), shapes, strict=True)]
-
-
-def _row_gemms(x: np.ndarray, kernel: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
-    """Convolution as KH GEMMs, one per kernel row, over the flattened padded image.
-
-    With the padded image flattened to rows of C values, output pixel (y, x) reads input rows
-    p + dy*W + dx for p = y*W + x: the KW taps of kernel row dy are KW consecutive rows, so
-    laying each band of rows beside its next KW-1 neighbours (one copy, KW*C columns) turns
-    that kernel row into one GEMM with KW*C-deep products. Three deep GEMMs and two
-    accumulations beat nine shallow GEMMs and eight accumulations (NumPy's element-wise adds
-    run on one core, the BLAS on all of them); the last KW-1 columns of each output row wrap
-    around the image and are cut off at the end.
-    """
-    kh, kw, c, o = kernel.shape
-    n, h, w, _ = x.shape
-    hp, wp = h + 2 * pad[0], w + 2 * pad[1]
-    ho, wo = hp - kh + 1, wp - kw + 1
-    rows = ho * wp
-    per_row = kernel.reshape(kh, kw * c, o)
-    block = min(rows, MAX_BLOCK_ROWS, max(256, ACC_BYTES // (o * 4)))
-    flat = np.zeros((hp * wp + kw - 1, c), dtype=F32)  # zero borders: the padding, written once
-    image = flat[: hp * wp].reshape(hp, wp, c)[pad[0] : pad[0] + h, pad[1] : pad[1] + w]
-    side_by_side = np.empty((block + (kh - 1) * wp, kw, c), dtype=F32)
-    acc = np.empty((rows, o), dtype=F32)
-    tmp = np.empty((block, o), dtype=F32)
-    out = np.empty((n, ho, wo, o), dtype=F32)
-    for i in range(n):
-        image[...] = x[i]
-        for r0 in range(0, rows, block):
-            r1 = min(r0 + block, rows)
-            span = r1 - r0 + (kh - 1) * wp
-            band = side_by_side[:span]
-            for dx in range(kw):
-                band[:, dx] = flat[r0 + dx : r0 + dx + span]
-            wide = band.reshape(span, kw * c)
-            a = acc[r0:r1]
-            np.matmul(wide[: r1 - r0], per_row[0], out=a)
-            for dy in range(1, kh):
-                t = tmp[: r1 - r0]
-                np.matmul(wide[dy * wp : dy * wp + r1 - r0], per_row[dy], out=t)
-                a += t
-        out[i] = acc.reshape(ho, wp, o)[:, :wo]
-    return out
 
 
 def relu(x: np.ndarray) -> np.ndarray:
@@ -169,20 +221,25 @@ def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     return out
 
 
-def trunk(weights: VGGWeights, images: np.ndarray) -> np.ndarray:
-    """The 3x3 convolution trunk up to pool5: (N, H, W, 3) -> (N, H/32, W/32, C5)."""
+def trunk(weights: VGGWeights, images: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
+    """The 3x3 convolution trunk up to pool5: (N, H, W, 3) -> (N, H/32, W/32, C5).
+
+    `scratch` lets several passes share their buffers (largest input first: a buffer that must
+    grow is a fresh one); by default each pass has its own.
+    """
     _check_images(weights, images)
     x = np.asarray(images, dtype=F32)
     pools = weights.arch.pools_after()
+    scratch = scratch or Scratch()
     for i, layer in enumerate(weights.trunk):
+        kernel, bias = layer.kernel.read(), layer.bias.read()
         if layer.norm is None:
-            x = conv2d(x, layer.kernel.read(), layer.bias.read(), same=True, relu=True)
+            x = conv2d(x, kernel, bias, same=True, relu=True, scratch=scratch)
         else:
-            x = conv2d(x, layer.kernel.read(), layer.bias.read(), same=True)
-            x = relu(batch_norm(x, layer.norm))
+            x = relu(batch_norm(conv2d(x, kernel, bias, same=True, scratch=scratch), layer.norm))
         if i in pools:
             x = max_pool2(x)
-    return x
+    return x if len(weights.trunk) - 1 in pools else x.copy()  # never a view into `scratch`
 
 
 def classifier_head(weights: VGGWeights, pool5: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import re
 from functools import cache
-from importlib import resources
 
 from .errors import VggfcnError
 
@@ -65,6 +64,8 @@ def label(index: int, classes: int) -> str:
 
 @cache
 def _names() -> tuple[str, ...]:
+    from importlib import resources  # 5 ms of start-up that only naming a class needs
+
     text = resources.files("vggfcn").joinpath("data/imagenet_classes.txt").read_text("utf-8")
     names = tuple(text.splitlines())
     if len(names) != IMAGENET_CLASSES:

@@ -124,7 +124,7 @@ def verify(
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
     channels = original.arch.in_channels
-    # Each tensor is read from disk once. The trunks (a tenth of the model) stay in memory for
+    # Each tensor is read from disk once. The trunks (a tenth of the model) stay mapped for
     # every input size; each head layer is read, applied to all its inputs and dropped, so the
     # peak holds one fc6, not two.
     original, converted = trunk_in_memory(original), trunk_in_memory(converted)
@@ -135,20 +135,19 @@ def verify(
     if shared:
         converted = replace(converted, trunk=original.trunk)  # one copy in memory, not two
 
-    def pool5s(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pool5 = forward.trunk(original, x)
-        return pool5, pool5 if shared else forward.trunk(converted, x)
-
-    pool5, fcn_pool5 = pool5s(sample_images(images, seed, MIN_INPUT, channels))
+    big_sizes = sorted({s for s in sizes if s > MIN_INPUT})
+    inputs = [sample_images(1, seed, s, channels) for s in reversed(big_sizes)]  # largest first
+    inputs.append(sample_images(images, seed, MIN_INPUT, channels))
+    *big_pool5s, (pool5, fcn_pool5) = _pool5s(original, converted, shared, inputs)
+    bigs = dict(zip(reversed(big_sizes), big_pool5s, strict=True))
     _require_finite(pool5, original)
     # Probes: random non-negative pool5 volumes on the activations' scale, through both heads.
     # Cheap (no trunk), and they reach the fc6 weights that one image's zero activations hide.
     extra = pool5_probes(probes, seed, pool5)
     volumes = [pool5, extra]  # every 7x7 volume the original's dense head must see
     fcn_inputs = [np.concatenate([fcn_pool5, extra])]
-    big_sizes = sorted({s for s in sizes if s > MIN_INPUT})
     for size in big_sizes:
-        big, fcn_big = pool5s(sample_images(1, seed, size, channels))
+        big, fcn_big = bigs[size]
         fcn_inputs.append(fcn_big)
         windows = sliding_window_view(big[0], (POOL5_SIZE, POOL5_SIZE), axis=(0, 1))
         volumes.append(
@@ -189,6 +188,22 @@ def verify(
         trunk_shared=shared,
         passed=main.passed and all(c.agreement.passed for c in spatial),
     )
+
+
+def _pool5s(
+    original: VGGWeights, converted: VGGWeights, shared: bool, inputs: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Both networks' pool5 for each input (computed once when the trunks are shared).
+
+    The passes share one set of buffers, largest input first so later passes fit in them; the
+    buffers are gone when this returns, before the heads map their 400 MB fc6.
+    """
+    scratch = forward.Scratch()
+    out = []
+    for x in inputs:
+        pool5 = forward.trunk(original, x, scratch)
+        out.append((pool5, pool5 if shared else forward.trunk(converted, x, scratch)))
+    return out
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float) -> Agreement:

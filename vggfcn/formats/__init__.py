@@ -1,4 +1,8 @@
-"""Checkpoint formats: detection by content, one reader per format, our safetensors writer."""
+"""Checkpoint formats: detection by content, one reader per format, our safetensors writer.
+
+A run reads one format, so `load` imports only its reader: a safetensors or `.pth` user does
+not pay h5py's start-up, nor an HDF5 user the zip and pickle machinery.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import numpy as np
 
 from ..convert import FORMAT
 from ..weights import Tensor, VGGWeights
-from . import fcn_file, keras_h5, npy_file, safetensors_io, state_dict, torch_zip
+from . import safetensors_io
 from .detect import sniff
 
 
@@ -29,18 +33,28 @@ def load(path: str) -> Iterator[VGGWeights]:
     """
     kind = sniff(path)
     if kind == "hdf5":
+        from . import keras_h5
+
         with keras_h5.open_file(path) as f:
             yield keras_h5.read(f, path)
     elif kind == "safetensors":
         tensors, meta = safetensors_io.open_tensors(path)
         if meta.get("format") == FORMAT:
+            from . import fcn_file
+
             yield fcn_file.read(path, tensors, meta)
         else:
+            from . import state_dict
+
             yield state_dict.from_torch(tensors, path, "safetensors")
     elif kind == "zip":
+        from . import state_dict, torch_zip
+
         arrays = torch_zip.read_state_dict(path)
         yield state_dict.from_torch(_wrap(arrays, path), path, "pytorch-zip")
     else:
+        from . import npy_file, state_dict
+
         layers = npy_file.read_layer_dict(path)
         wrapped = {
             name: [Tensor.wrap(a, f"{path}:{name}[{i}]") for i, a in enumerate(arrays)]

@@ -161,7 +161,7 @@ _BOMB_FLOOR = 64 << 20
 
 
 def _tensor(ds: h5py.Dataset, path: str) -> Tensor:
-    """A lazy tensor over a dataset: raw positioned reads when its bytes lie plainly in the file.
+    """A lazy tensor over a dataset: its bytes mapped directly when they lie plainly in the file.
 
     Anything else (chunked, compressed, unallocated) is read through h5py, which decodes it.
     """
