@@ -198,11 +198,15 @@ def test_exception_while_verifying_before_publishing(
 
 
 def _spawn(*args: object) -> subprocess.Popen[str]:
+    # A shell starts background jobs with SIGINT ignored, children inherit that, and Python then
+    # leaves it ignored: give the command the default disposition a terminal would, so the test
+    # means the same however pytest itself was started.
     return subprocess.Popen(
         [sys.executable, "-m", "vggfcn", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
