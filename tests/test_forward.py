@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from vggfcn.errors import VggfcnError
 from vggfcn.selfcheck import direct_conv2d
 from vggfcn.synthetic import TINY, random_classifier
 from vggfcn.verify import sample_images
+from vggfcn.weights import BatchNorm, Tensor
 
 
 def test_seed_example_dense_and_1x1_conv_give_13_36() -> None:
@@ -86,6 +89,35 @@ def test_valid_convs_of_several_maps_equal_one_conv_each() -> None:
     for x, y in zip(xs, together, strict=True):
         alone = np.maximum(direct_conv2d(x, kernel, bias, same=False), 0)
         np.testing.assert_allclose(y, alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("height", "width", "batch"), [(224, 224, 1), (253, 231, 2)])
+def test_large_blocks_in_strips_equal_the_unstripped_trunk(
+    height: int, width: int, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Big inputs run each block in horizontal strips with halo rows; force that on a small net
+    # (strips of a few rows, so every block is cut many times, odd sizes, batch norm included)
+    # and compare with the same trunk run whole.
+    weights = random_classifier(TINY, seed=11)
+    rng = np.random.default_rng(12)
+    normed = tuple(
+        replace(layer, norm=_random_norm(rng, layer.kernel.shape[3])) if i % 3 == 1 else layer
+        for i, layer in enumerate(weights.trunk)
+    )
+    weights = replace(weights, trunk=normed)
+    images = sample_images(batch, seed=13, size=max(height, width))[:, :height, :width]
+    whole = forward.trunk(weights, images)
+    monkeypatch.setattr(forward, "STRIP_BYTES", 3000)
+    strips = forward.trunk(weights, images)
+    assert strips.shape == whole.shape == (batch, height // 32, width // 32, 16)
+    np.testing.assert_allclose(strips, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+
+
+def _random_norm(rng: np.random.Generator, channels: int) -> BatchNorm:
+    def tensor(low: float, high: float) -> Tensor:
+        return Tensor.wrap(rng.uniform(low, high, channels).astype(np.float32), "<norm>")
+
+    return BatchNorm(tensor(0.5, 2), tensor(-0.5, 0.5), tensor(-0.2, 0.2), tensor(0.5, 2), 1e-5)
 
 
 def test_max_pool_takes_window_maxima_and_drops_odd_edges() -> None:

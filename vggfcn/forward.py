@@ -14,7 +14,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .arch import MIN_INPUT, POOL5_SIZE, STRIDE
 from .errors import VggfcnError
-from .weights import F32, BatchNorm, VGGWeights
+from .weights import F32, BatchNorm, Layer, VGGWeights
 
 #: Patch matrices up to this size are built whole (im2col, one GEMM): the first layer (27
 #: columns), the last blocks, and the 7x7 head, whose huge kernel must be read once, not per tap.
@@ -23,6 +23,8 @@ IM2COL_BYTES = 16 << 20
 #: at most ACC_BYTES (measured on VGG16 layers: larger blocks keep the BLAS busier for longer).
 MAX_BLOCK_ROWS = 8192
 ACC_BYTES = 4 << 20
+#: A block whose widest full-resolution map is larger runs in strips of about this size.
+STRIP_BYTES = 16 << 20
 
 
 class Scratch:
@@ -229,17 +231,48 @@ def trunk(weights: VGGWeights, images: np.ndarray, scratch: Scratch | None = Non
     """
     _check_images(weights, images)
     x = np.asarray(images, dtype=F32)
-    pools = weights.arch.pools_after()
     scratch = scratch or Scratch()
-    for i, layer in enumerate(weights.trunk):
+    start = 0
+    for count in weights.arch.plan:
+        x = _block(x, weights.trunk[start : start + count], scratch)
+        start += count
+    return x
+
+
+def _block(x: np.ndarray, layers: Sequence[Layer], scratch: Scratch) -> np.ndarray:
+    """One VGG block: its convolutions (each with ReLU, after batch norm if any), then the pool.
+
+    A block whose maps would be large runs in horizontal strips of output rows, so its
+    full-resolution maps never exist whole: each strip's maps fit in buffers that every strip
+    reuses (fresh memory is slow to touch, and at 1024x1024 block 1 alone would make ~800 MB of
+    it). Each "same" convolution's zero padding spoils one more row at a cut edge, so a strip
+    reads that many extra input rows beyond each cut and drops the spoiled rows before pooling;
+    at the image's own edges the padding is the real one. The result is the same as unstripped.
+    """
+    n, h, w, _ = x.shape
+    halo = sum(layer.kernel.shape[0] // 2 for layer in layers)
+    row_bytes = w * max(layer.kernel.shape[3] for layer in layers) * F32.itemsize
+    pooled_rows = max(1, STRIP_BYTES // (2 * row_bytes))  # pooled rows per strip
+    if n * h * row_bytes <= STRIP_BYTES or h // 2 <= pooled_rows:
+        return max_pool2(_convs(x, layers, scratch))
+    out = np.empty((n, h // 2, w // 2, layers[-1].kernel.shape[3]), dtype=F32)
+    for i in range(n):
+        for p0 in range(0, h // 2, pooled_rows):
+            p1 = min(p0 + pooled_rows, h // 2)
+            lo, hi = max(0, 2 * p0 - halo), min(h, 2 * p1 + halo)
+            y = _convs(x[i : i + 1, lo:hi], layers, scratch)
+            out[i, p0:p1] = max_pool2(y[:, 2 * p0 - lo : 2 * p1 - lo])[0]
+    return out
+
+
+def _convs(x: np.ndarray, layers: Sequence[Layer], scratch: Scratch) -> np.ndarray:
+    for layer in layers:
         kernel, bias = layer.kernel.read(), layer.bias.read()
         if layer.norm is None:
             x = conv2d(x, kernel, bias, same=True, relu=True, scratch=scratch)
         else:
             x = relu(batch_norm(conv2d(x, kernel, bias, same=True, scratch=scratch), layer.norm))
-        if i in pools:
-            x = max_pool2(x)
-    return x if len(weights.trunk) - 1 in pools else x.copy()  # never a view into `scratch`
+    return x
 
 
 def classifier_head(weights: VGGWeights, pool5: np.ndarray) -> np.ndarray:
