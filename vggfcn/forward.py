@@ -92,12 +92,16 @@ def conv2d(
         for i in range(n):
             _pad_into(padded[i], x[i], pad)
         out = _im2col(padded, kernel, scratch)
-    else:
-        out = _row_gemms(x, kernel, pad, scratch)
+        _finish(out, bias, relu)
+        return out
+    return _row_gemms(x, kernel, bias, relu, pad, scratch)
+
+
+def _finish(out: np.ndarray, bias: np.ndarray, relu: bool) -> None:
+    """Add the bias and apply the ReLU, in place."""
     out += bias
     if relu:
         np.maximum(out, 0, out=out)
-    return out
 
 
 def _pad_into(buffer: np.ndarray, image: np.ndarray, pad: tuple[int, int]) -> None:
@@ -127,7 +131,12 @@ def _windows(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
 
 
 def _row_gemms(
-    x: np.ndarray, kernel: np.ndarray, pad: tuple[int, int], scratch: Scratch
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray,
+    relu: bool,
+    pad: tuple[int, int],
+    scratch: Scratch,
 ) -> np.ndarray:
     """Convolution as KH GEMMs, one per kernel row, over the flattened padded image.
 
@@ -138,7 +147,8 @@ def _row_gemms(
     accumulations beat nine shallow GEMMs and eight accumulations (NumPy's element-wise adds
     run on one core, the BLAS on all of them). The last KW-1 columns of each output row wrap
     around the image: the result is a view that leaves them out, not a copy without them (the
-    next layer copies its input into its own padded buffer anyway).
+    next layer copies its input into its own padded buffer anyway). Bias and ReLU are applied
+    block by block, while the block is still in cache.
     """
     kh, kw, c, o = kernel.shape
     n, h, w, _ = x.shape
@@ -167,6 +177,7 @@ def _row_gemms(
                 t = tmp[: r1 - r0]
                 np.matmul(wide[dy * wp : dy * wp + r1 - r0], per_row[dy], out=t)
                 a += t
+            _finish(a, bias, relu)
     return acc.reshape(n, ho, wp, o)[:, :, :wo]
 
 
@@ -202,7 +213,9 @@ def max_pool2(x: np.ndarray) -> np.ndarray:
     """2x2 max-pool, stride 2, dropping an odd last row/column (Keras/torch "valid" pooling)."""
     n, h, w, c = x.shape
     h2, w2 = h // 2, w // 2
-    pooled: np.ndarray = x[:, : 2 * h2, : 2 * w2].reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+    pairs = x[:, : 2 * h2, : 2 * w2].reshape(n, h2, 2, w2, 2 * c)  # (row pair, column pair)
+    rows = np.maximum(pairs[:, :, 0], pairs[:, :, 1])  # two element-wise passes beat a
+    pooled: np.ndarray = np.maximum(rows[..., :c], rows[..., c:])  # reduction over 2 axes
     return pooled
 
 
@@ -301,9 +314,13 @@ def fcn_heads(weights: VGGWeights, pool5s: Sequence[np.ndarray]) -> list[np.ndar
     return xs
 
 
-def logits(weights: VGGWeights, images: np.ndarray) -> np.ndarray:
-    """Run either network: (N, classes) for a classifier at 224x224, a score map for an FCN."""
-    pool5 = trunk(weights, images)
+def logits(weights: VGGWeights, images: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
+    """Run either network: (N, classes) for a classifier at 224x224, a score map for an FCN.
+
+    A loop over many inputs can pass one `Scratch` to every call: the trunk's temporaries are
+    then touched for the first time once, not once per call (about a tenth of a 224 pass here).
+    """
+    pool5 = trunk(weights, images, scratch)
     if weights.convolutional_head:
         return fcn_head(weights, pool5)
     if pool5.shape[1:3] != (POOL5_SIZE, POOL5_SIZE):
