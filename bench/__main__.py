@@ -88,7 +88,7 @@ def convert_figures(files: dict[str, Path], repeats: int) -> None:
     print("1. vggfcn convert, full-size VGG16 (target: peak RSS <= 100 MiB, wall <= 1.2x floor)")
     print(
         f"   {'generation':<15} {'floor':<22} {'convert':<22} {'cp':<22} {'RSS':>6}"
-        "  ratio floor / cp"
+        "  ratio to floor (median, min) / to cp"
     )
     out = CACHE / "out.bin"
     for generation, path in files.items():
@@ -108,10 +108,13 @@ def convert_figures(files: dict[str, Path], repeats: int) -> None:
                     rss.append(peak)
         walls = {k: v[1:] for k, v in walls.items()}
         ratio = statistics.median(walls["convert"]) / statistics.median(walls["floor"])
+        # Writing 553 MB and fsyncing it is bimodal on these disks (a run lands in one mode or
+        # the other): the ratio of the minima shows the cost without that noise.
+        best = min(walls["convert"]) / min(walls["floor"])
         to_cp = statistics.median(walls["convert"]) / statistics.median(walls["cp"])
         print(
             f"   {generation:<15} {fmt(walls['floor']):<22} {fmt(walls['convert']):<22} "
-            f"{fmt(walls['cp']):<22} {max(rss[1:]):>6.0f}  {ratio:.2f}x / {to_cp:.2f}x"
+            f"{fmt(walls['cp']):<22} {max(rss[1:]):>6.0f}  {ratio:.2f}x, {best:.2f}x / {to_cp:.2f}x"
         )
     out.unlink(missing_ok=True)
     print()
