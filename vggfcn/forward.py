@@ -196,9 +196,7 @@ def valid_convs(
         return [conv2d(x, kernel, bias, same=False, relu=relu) for x in xs]
     patches = [_windows(x, kh, kw).reshape(-1, kh * kw * c) for x in xs]  # copies
     out: np.ndarray = np.concatenate(patches) @ kernel.reshape(-1, o)
-    out += bias
-    if relu:
-        np.maximum(out, 0, out=out)
+    _finish(out, bias, relu)
     ends = np.cumsum(rows)[:-1]
     return [y.reshape(*shape, o) for y, shape in zip(np.split(out, ends), shapes, strict=True)]
 
