@@ -27,7 +27,7 @@ PY = sys.executable
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--generations", default=",".join(GENERATIONS))
     args = parser.parse_args(argv)
     CACHE.mkdir(parents=True, exist_ok=True)
