@@ -1,7 +1,7 @@
 """One forward-pass timing, run in its own process (OpenBLAS threads spin after a call, and
 torch's thread pool would compete with them if both lived in one process).
 
-Usage: python -m bench.forward numpy|numpy-reuse|torch SIZE REPEATS  ->  one JSON line on stdout
+Usage: python -m bench.forward numpy|numpy-first|torch SIZE REPEATS  ->  one JSON line on stdout
 SIZE 224 runs the original classifier (batch 1); larger sizes run the fully-convolutional net.
 """
 
@@ -38,14 +38,18 @@ def flops(arch: Arch, size: int) -> float:
 
 
 def numpy_pass(weights: VGGWeights, x: np.ndarray) -> Callable[[], object]:
-    """`forward.logits` as the CLI calls it: each pass makes its own temporaries."""
     return lambda: forward.logits(weights, x)
 
 
-def numpy_reuse_pass(weights: VGGWeights, x: np.ndarray) -> Callable[[], object]:
-    """`forward.logits` as a loop over many images would call it: one `Scratch` for all."""
-    scratch = forward.Scratch()
-    return lambda: forward.logits(weights, x, scratch)
+def numpy_first_pass(weights: VGGWeights, x: np.ndarray) -> Callable[[], object]:
+    """Each pass with a fresh `Scratch`: what the first pass of a process (one CLI run) pays."""
+
+    def run() -> object:
+        pool5 = forward.trunk(weights, x, forward.Scratch())
+        head = forward.fcn_head if weights.convolutional_head else forward.classifier_head
+        return head(weights, pool5)
+
+    return run
 
 
 def torch_pass(weights: VGGWeights, x: np.ndarray) -> Callable[[], object]:
@@ -92,7 +96,7 @@ def main() -> None:
     if size != 224:
         weights = to_fcn(weights)
     x = sample_images(1, seed=0, size=size)
-    passes = {"numpy": numpy_pass, "numpy-reuse": numpy_reuse_pass, "torch": torch_pass}
+    passes = {"numpy": numpy_pass, "numpy-first": numpy_first_pass, "torch": torch_pass}
     run = passes[backend](weights, x)
     run()  # warm-up: first-touch page faults, BLAS/oneDNN initialisation
     times = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -118,6 +119,27 @@ def _random_norm(rng: np.random.Generator, channels: int) -> BatchNorm:
         return Tensor.wrap(rng.uniform(low, high, channels).astype(np.float32), "<norm>")
 
     return BatchNorm(tensor(0.5, 2), tensor(-0.5, 0.5), tensor(-0.2, 0.2), tensor(0.5, 2), 1e-5)
+
+
+def test_kept_scratch_changes_nothing_and_is_not_shared_between_threads() -> None:
+    # Each thread keeps its trunk buffers between calls: a result must not change when later
+    # calls reuse them, and two threads running at once must not write into each other's.
+    weights = to_fcn(random_classifier(TINY, seed=21))
+    inputs = [sample_images(1, seed=s, size=224 + 32 * s) for s in range(4)]
+    alone = [forward.trunk(weights, x, forward.Scratch()) for x in inputs]
+    first = forward.logits(weights, inputs[0])
+    kept = first.copy()
+    forward.logits(weights, inputs[3])  # larger: the kept buffers grow and are overwritten
+    np.testing.assert_array_equal(first, kept)
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        return [forward.trunk(weights, x) for _ in range(5)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run, inputs))
+    for expected, repeated in zip(alone, results, strict=True):
+        for got in repeated:
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_max_pool_takes_window_maxima_and_drops_odd_edges() -> None:

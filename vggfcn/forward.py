@@ -7,6 +7,7 @@ size of a large layer (those run one GEMM per kernel row instead).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,16 +27,18 @@ ACC_BYTES = 4 << 20
 #: A block whose widest full-resolution map is larger runs in strips of about this size.
 STRIP_BYTES = 16 << 20
 
+_THREAD = threading.local()  # each thread's default Scratch (see `trunk`)
+
 
 class Scratch:
-    """Buffers that one forward pass reuses from layer to layer.
+    """Buffers that forward passes reuse from layer to layer and from call to call.
 
     Fresh memory is slow the first time it is touched (a page fault per page, and on a VM the
     host's fault too): a VGG16 pass at 224 would fault in ~150 MB of temporaries, one layer
     after another, and pay for it in every call. Each named buffer grows to the largest layer
     that asks for it and is handed out again as a view. Results alternate between two buffers:
     a layer's output stays intact while the next layer reads it, and is overwritten by the one
-    after that.
+    after that. Not for two threads at once.
     """
 
     def __init__(self) -> None:
@@ -237,17 +240,27 @@ def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
 def trunk(weights: VGGWeights, images: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
     """The 3x3 convolution trunk up to pool5: (N, H, W, 3) -> (N, H/32, W/32, C5).
 
-    `scratch` lets several passes share their buffers (largest input first: a buffer that must
-    grow is a fresh one); by default each pass has its own.
+    Its temporaries live in `scratch`, by default one kept by each thread between calls, as
+    oneDNN keeps its scratchpad: a loop over images then touches no fresh memory after the
+    first call. That costs about 80 MB per thread whatever the input size (large blocks run
+    in strips); pass a `Scratch` of your own to free them when it goes (verify does, before it
+    maps the 400 MB fc6). Nothing returned is a view into the scratch.
     """
     _check_images(weights, images)
     x = np.asarray(images, dtype=F32)
-    scratch = scratch or Scratch()
+    scratch = scratch or _thread_scratch()
     start = 0
     for count in weights.arch.plan:
         x = _block(x, weights.trunk[start : start + count], scratch)
         start += count
     return x
+
+
+def _thread_scratch() -> Scratch:
+    scratch: Scratch | None = getattr(_THREAD, "scratch", None)
+    if scratch is None:
+        scratch = _THREAD.scratch = Scratch()
+    return scratch
 
 
 def _block(x: np.ndarray, layers: Sequence[Layer], scratch: Scratch) -> np.ndarray:
@@ -312,13 +325,9 @@ def fcn_heads(weights: VGGWeights, pool5s: Sequence[np.ndarray]) -> list[np.ndar
     return xs
 
 
-def logits(weights: VGGWeights, images: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
-    """Run either network: (N, classes) for a classifier at 224x224, a score map for an FCN.
-
-    A loop over many inputs can pass one `Scratch` to every call: the trunk's temporaries are
-    then touched for the first time once, not once per call (about a tenth of a 224 pass here).
-    """
-    pool5 = trunk(weights, images, scratch)
+def logits(weights: VGGWeights, images: np.ndarray) -> np.ndarray:
+    """Run either network: (N, classes) for a classifier at 224x224, a score map for an FCN."""
+    pool5 = trunk(weights, images)
     if weights.convolutional_head:
         return fcn_head(weights, pool5)
     if pool5.shape[1:3] != (POOL5_SIZE, POOL5_SIZE):
