@@ -14,8 +14,10 @@ import shutil
 import struct
 import subprocess
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,11 @@ from fixtures.generate import TINY, make_weights, write_checkpoint
 from fixtures.torch_vgg import classifier
 from vggfcn import api
 from vggfcn.cli import main
-from vggfcn.errors import MismatchError
+from vggfcn.errors import ArchitectureError, MismatchError
 from vggfcn.selfcheck import fc6_read_as_chw
 from vggfcn.synthetic import random_layers
+from vggfcn.verify import verify
+from vggfcn.weights import Tensor
 
 TF_NAMES = {f"block{b}_conv{i}": f"conv{b}_{i}" for b in range(1, 6) for i in range(1, 4)}
 FC1 = "fc1/fc1_W_1:0"  # the Keras 1 fc6 kernel, (7*7*16, 32) in TINY
@@ -490,6 +494,23 @@ def test_finite_weights_that_overflow_the_forward_pass_give_no_traceback(
             lines = done.stderr.splitlines()
             assert len(lines) == 1 and str(source) in lines[0], (args, done.stderr)
     assert temps(tmp_path) == []
+
+
+def test_verify_api_on_overflowing_weights_refuses_without_numpy_warnings(
+    keras1: Path, tmp_path: Path
+) -> None:
+    """The same through the Python API, where no CLI silences anything: one clear error, and no
+    RuntimeWarning on the way (they are errors here)."""
+    with vggfcn.formats.load(str(keras1)) as original:
+        kernel = original.trunk[0].kernel.read().copy()
+        kernel[0, 0, 0, :] = 3e38
+        huge = Tensor.wrap(kernel, "<huge>")
+        first = replace(original.trunk[0], kernel=huge)
+        inflated = replace(original, trunk=(first, *original.trunk[1:]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ArchitectureError, match="not finite"):
+                verify(inflated, vggfcn.convert.to_fcn(inflated))
 
 
 # ------------------------------------------------------------ pickles
