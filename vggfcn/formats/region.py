@@ -36,7 +36,8 @@ class FileRegion:
 
     Sliceable along the first axis like an h5py dataset or an ndarray: `region[()]` gives all
     of it, `region[a:b]` rows a..b, each as a read-only array over a fresh map of those bytes.
-    Nothing stays open between reads, so a region outlives the HDF5 handle it was found through.
+    No handle stays open between reads (a map holds its own until its array goes), so a region
+    outlives the HDF5 file object it was found through.
     """
 
     def __init__(
