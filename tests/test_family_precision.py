@@ -125,7 +125,7 @@ def test_half_precision_output_passes_its_tolerance_and_fails_float32s(
         stored["fc6.kernel"].dtype == {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     )
     with load(str(keras1)) as w:
-        fc6 = torch.from_numpy(w.head[0].kernel.read().reshape(7, 7, 16, 32))
+        fc6 = torch.from_numpy(w.head[0].kernel.read().reshape(7, 7, 16, 32).copy())
     assert torch.equal(
         stored["fc6.kernel"], fc6.to(stored["fc6.kernel"].dtype)
     )  # torch's own rounding

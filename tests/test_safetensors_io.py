@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 
 from vggfcn.errors import FormatError
 from vggfcn.formats import load
-from vggfcn.formats.safetensors_io import header_bytes, open_tensors, read_header
+from vggfcn.formats.safetensors_io import header_bytes, open_tensors, read_header, write
+from vggfcn.weights import Tensor
 
 
 def _file(tmp_path: Path, header: str | bytes, data: bytes, length: int | None = None) -> Path:
@@ -97,3 +99,22 @@ def test_vggfcn_file_missing_tensors_lists_them_all(tmp_path: Path) -> None:
     ):
         with load(str(path)):
             pass
+
+
+@pytest.mark.parametrize(
+    ("values", "bad"),
+    [([np.inf, -np.inf, 1.0], 2), ([np.nan, 2.0, 3.0], 1), ([3e38, 3e38, 3e38], 0)],
+)
+def test_writer_counts_nonfinite_values_quietly(
+    tmp_path: Path, values: list[float], bad: int
+) -> None:
+    # +Inf and -Inf sum to NaN, and large finite weights can overflow the sum: the writer must
+    # count exactly the non-finite ones, and say so as its own error, not a NumPy warning.
+    tensor = Tensor.wrap(np.array(values, dtype=np.float32), "<t>")
+    with (tmp_path / "out.bin").open("wb") as f, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if bad:
+            with pytest.raises(FormatError, match=rf"<t>: {bad} NaN/Inf"):
+                write(f, {"t": tensor}, {})
+        else:
+            write(f, {"t": tensor}, {})

@@ -79,7 +79,11 @@ class Tensor:
         return replace(self, shape=shape, order=_simplify(base_view, composed))
 
     def read(self) -> np.ndarray:
-        """All elements as a float32 array of `shape` (little-endian, C order)."""
+        """All elements as a float32 array of `shape` (little-endian, C order).
+
+        Raw float32 data comes back as a read-only view of the file's memory map (no copy):
+        copy it before writing to it or handing it to a library that wants to.
+        """
         data = np.asarray(self._slice(()))
         if self.order is None:
             return np.ascontiguousarray(data, dtype=F32).reshape(self.shape)
