@@ -91,10 +91,12 @@ def conv2d(
     ho, wo = h + 2 * pad[0] - kh + 1, w + 2 * pad[1] - kw + 1
     scratch = scratch or Scratch()
     if n * ho * wo * kh * kw * c * 4 <= IM2COL_BYTES:
-        padded = scratch.take("padded", (n, h + 2 * pad[0], w + 2 * pad[1], c))
-        for i in range(n):
-            _pad_into(padded[i], x[i], pad)
-        out = _im2col(padded, kernel, scratch)
+        if same:  # "valid" windows read x itself; the patch matrix is the one copy
+            padded = scratch.take("padded", (n, h + 2 * pad[0], w + 2 * pad[1], c))
+            for i in range(n):
+                _pad_into(padded[i], x[i], pad)
+            x = padded
+        out = _im2col(x, kernel, scratch)
         _finish(out, bias, relu)
         return out
     return _row_gemms(x, kernel, bias, relu, pad, scratch)

@@ -142,15 +142,13 @@ def verify(
     inputs = [sample_images(1, seed, s, channels) for s in reversed(big_sizes)]  # largest first
     inputs.append(sample_images(images, seed, MIN_INPUT, channels))
     *big_pool5s, (pool5, fcn_pool5) = _pool5s(original, converted, shared, inputs)
-    bigs = dict(zip(reversed(big_sizes), big_pool5s, strict=True))
     _require_finite(pool5, original)
     # Probes: random non-negative pool5 volumes on the activations' scale, through both heads.
     # Cheap (no trunk), and they reach the fc6 weights that one image's zero activations hide.
     extra = pool5_probes(probes, seed, pool5)
     volumes = [pool5, extra]  # every 7x7 volume the original's dense head must see
     fcn_inputs = [np.concatenate([fcn_pool5, extra])]
-    for size in big_sizes:
-        big, fcn_big = bigs[size]
+    for big, fcn_big in reversed(big_pool5s):  # back to big_sizes' (ascending) order
         fcn_inputs.append(fcn_big)
         windows = sliding_window_view(big[0], (POOL5_SIZE, POOL5_SIZE), axis=(0, 1))
         volumes.append(

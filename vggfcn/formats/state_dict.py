@@ -102,17 +102,16 @@ def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> VGGWei
     deepest = [max([i for b, i, _ in convs if b == block], default=0) for block in range(1, 6)]
     plans = [p for p in PLANS.values() if all(n >= d for n, d in zip(p, deepest, strict=True))]
     plan = min(plans, key=sum) if plans else tuple(deepest)
-    expected = {f"conv{b}_{i}" for b, n in enumerate(plan, 1) for i in range(1, n + 1)}
-    check_names(path, set(layers), expected | set(TF_HEAD))
-    convs = [(b, i, f"conv{b}_{i}") for b, n in enumerate(plan, 1) for i in range(1, n + 1)]
+    names = [f"conv{b}_{i}" for b, n in enumerate(plan, 1) for i in range(1, n + 1)]
+    check_names(path, set(layers), set(names) | set(TF_HEAD))
     raws = []
-    for name in [n for _, _, n in convs] + list(TF_HEAD):
+    for name in names + list(TF_HEAD):
         params = layers[name]
         if len(params) != 2:
             raise FormatError(f"{path}: layer {name} has {len(params)} arrays, expected [W, b]")
         raws.append(RawLayer(name, params[0], params[1]))
     source = SourceInfo(path, "npy", "tensorflow-vgg", True, "HWC")
-    return assemble(raws[: len(convs)], raws[len(convs) :], source)
+    return assemble(raws[: len(names)], raws[len(names) :], source)
 
 
 def _torch_shapes(
