@@ -20,8 +20,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fixtures.generate import GENERATIONS
+
 CACHE = Path(".cache/bench")
-GENERATIONS = ("keras1", "keras2", "keras2-model", "keras3-h5", "keras3-weights")
 PY = sys.executable
 
 
@@ -135,7 +136,8 @@ def forward_figures(repeats: int) -> float | None:
     torch_224 = None
     for size in (224, 448):
         figures = {}
-        for backend in ("numpy", "numpy-first", "torch") if has_torch else ("numpy", "numpy-first"):
+        backends = ["numpy", "numpy-first"] + (["referee"] if size == 224 else [])
+        for backend in backends + (["torch"] if has_torch else []):
             done = subprocess.run(
                 [PY, "-m", "bench.forward", backend, str(size), str(repeats)],
                 capture_output=True,
@@ -153,8 +155,14 @@ def forward_figures(repeats: int) -> float | None:
             print(f"     {'torch':<30} {fmt(torch_t)} s, {rate:.0f} GFLOP/s")
             if size == 224:
                 torch_224 = statistics.median(torch_t)
-        labels = {"numpy": "numpy", "numpy-first": "numpy, fresh Scratch per pass"}
+        labels = {
+            "numpy": "numpy FCN",
+            "numpy-first": "numpy FCN, fresh Scratch/pass",
+            "referee": "referee (classifier as filed)",
+        }
         for backend, label in labels.items():
+            if backend not in figures:
+                continue
             numpy_t = figures[backend]["times"]
             rate = gflops / statistics.median(numpy_t)
             line = f"     {label:<30} {fmt(numpy_t)} s, {rate:.0f} GFLOP/s"

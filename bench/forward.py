@@ -1,8 +1,9 @@
 """One forward-pass timing, run in its own process (OpenBLAS threads spin after a call, and
 torch's thread pool would compete with them if both lived in one process).
 
-Usage: python -m bench.forward numpy|numpy-first|torch SIZE REPEATS  ->  one JSON line on stdout
-SIZE 224 runs the original classifier (batch 1); larger sizes run the fully-convolutional net.
+Usage: python -m bench.forward numpy|numpy-first|referee|torch SIZE REPEATS -> one JSON line
+SIZE 224 runs the classifier (torch: its dense head; referee: the source graph as a file defines
+it); every size runs the fully-convolutional network in NumPy (at 224 its map is one cell).
 """
 
 from __future__ import annotations
@@ -14,45 +15,46 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vggfcn import forward
+from vggfcn import forward, referee
 from vggfcn.arch import Arch
 from vggfcn.convert import to_fcn
+from vggfcn.fcn import FCN
+from vggfcn.graph import SourceGraph
 from vggfcn.synthetic import FULL, random_classifier
 from vggfcn.verify import sample_images
-from vggfcn.weights import VGGWeights
 
 
 def flops(arch: Arch, size: int) -> float:
     """Multiply-adds x 2 of one forward pass at size x size (convolutional head above 224)."""
-    total, side, cin = 0, size, arch.in_channels
-    pools = arch.pools_after()
-    for i, cout in enumerate(arch.conv_widths):
-        total += side * side * 9 * cin * cout
-        cin = cout
-        if i in pools:
-            side //= 2
+    total, side, cin, index = 0, size, arch.in_channels, 0
+    for count in arch.plan:
+        for _ in range(count):
+            cout = arch.conv_widths[index]
+            total += side * side * 9 * cin * cout
+            cin, index = cout, index + 1
+        side //= 2
     out = side - 6
     f6, f7, k = arch.head_widths
     total += out * out * (49 * cin * f6 + f6 * f7 + f7 * k)
     return 2.0 * total
 
 
-def numpy_pass(weights: VGGWeights, x: np.ndarray) -> Callable[[], object]:
-    return lambda: forward.logits(weights, x)
+def numpy_pass(graph: SourceGraph, fcn: FCN, x: np.ndarray) -> Callable[[], object]:
+    """The FCN as `logits` runs it in a loop: each thread's `Scratch` kept between calls."""
+    return lambda: forward.logits(fcn, x)
 
 
-def numpy_first_pass(weights: VGGWeights, x: np.ndarray) -> Callable[[], object]:
+def numpy_first_pass(graph: SourceGraph, fcn: FCN, x: np.ndarray) -> Callable[[], object]:
     """Each pass with a fresh `Scratch`: what the first pass of a process (one CLI run) pays."""
-
-    def run() -> object:
-        pool5 = forward.trunk(weights, x, forward.Scratch())
-        head = forward.fcn_head if weights.convolutional_head else forward.classifier_head
-        return head(weights, pool5)
-
-    return run
+    return lambda: forward.heads(fcn, [forward.trunk(fcn, x, forward.Scratch())])
 
 
-def torch_pass(weights: VGGWeights, x: np.ndarray) -> Callable[[], object]:
+def referee_pass(graph: SourceGraph, fcn: FCN, x: np.ndarray) -> Callable[[], object]:
+    """The original classifier as verify runs it: op by op, with a fresh `Scratch`."""
+    return lambda: referee.head(graph, referee.pool5(graph, x, forward.Scratch()))
+
+
+def torch_pass(graph: SourceGraph, fcn: FCN, x: np.ndarray) -> Callable[[], object]:
     import torch
     import torch.nn.functional as F  # noqa: N812
 
@@ -61,15 +63,17 @@ def torch_pass(weights: VGGWeights, x: np.ndarray) -> Callable[[], object]:
     def oihw(kernel: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()
 
-    trunk = [(oihw(t.kernel.read()), torch.from_numpy(t.bias.read())) for t in weights.trunk]
-    pools = weights.arch.pools_after()
-    dense = not weights.convolutional_head
+    trunk = [(oihw(t.kernel.read()), torch.from_numpy(t.bias.read())) for t in fcn.trunk]
+    pools = set(np.cumsum(fcn.plan) - 1)
+    dense = x.shape[1] == 224
     head = [
         (
-            torch.from_numpy(h.kernel.read()) if dense else oihw(h.kernel.read()),
+            torch.from_numpy(h.kernel.read().reshape(-1, h.out_channels))
+            if dense
+            else oihw(h.kernel.read()),
             torch.from_numpy(h.bias.read()),
         )
-        for h in weights.head
+        for h in fcn.head
     ]
     images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
@@ -92,19 +96,23 @@ def torch_pass(weights: VGGWeights, x: np.ndarray) -> Callable[[], object]:
 
 def main() -> None:
     backend, size, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    weights = random_classifier(FULL, seed=0)
-    if size != 224:
-        weights = to_fcn(weights)
+    graph = random_classifier(FULL, seed=0)
+    fcn = to_fcn(graph)
     x = sample_images(1, seed=0, size=size)
-    passes = {"numpy": numpy_pass, "numpy-first": numpy_first_pass, "torch": torch_pass}
-    run = passes[backend](weights, x)
+    passes = {
+        "numpy": numpy_pass,
+        "numpy-first": numpy_first_pass,
+        "referee": referee_pass,
+        "torch": torch_pass,
+    }
+    run = passes[backend](graph, fcn, x)
     run()  # warm-up: first-touch page faults, BLAS/oneDNN initialisation
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times, "flops": flops(weights.arch, size)}))
+    print(json.dumps({"times": times, "flops": flops(FULL, size)}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Shared pieces of the fuzz tests: seed checkpoints, byte mutations, the property, a crash guard.
 
-The property every mutated checkpoint must satisfy (see shared/BAD_INPUTS.md): `convert_file`
+The property every mutated checkpoint must satisfy (the README's Safety section): `convert_file`
 either raises our own `VggfcnError` (one line naming the file; no output, no temp file) or
 succeeds, and then `verify_files` on the pair passes (or raises a `VggfcnError`). Any other
 exception is a bug. For our own converted format the file is fed to `inspect_file` and

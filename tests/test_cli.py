@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def test_convert_verify_inspect_round_trip(keras1: Path, tmp_path: Path) -> None
     code, stdout, _ = run("inspect", str(out))
     assert code == 0
     assert "vggfcn-safetensors" in stdout and "convolutional head" in stdout
-    assert "fc6            conv7x7  7x7x16x32" in stdout
+    assert re.search(r"fc6\s+conv7x7\s+7x7x16x32 ", stdout)
 
 
 def test_json_modes_print_one_object(keras1: Path, tmp_path: Path) -> None:
@@ -45,7 +46,8 @@ def test_json_modes_print_one_object(keras1: Path, tmp_path: Path) -> None:
     code, stdout, _ = run("inspect", "--json", str(keras1))
     info = json.loads(stdout)
     assert info["generation"] == "keras1" and info["flatten_order"] == "HWC"
-    assert [row["name"] for row in info["layers"]][-3:] == ["fc6", "fc7", "fc8"]
+    dense = [row["name"] for row in info["layers"] if row["class"] == "Dense"]
+    assert dense == ["fc1", "fc2", "predictions"]  # the layers as the file names them
     assert info["parameters"] == sum(row["parameters"] for row in info["layers"])
 
 
@@ -158,14 +160,15 @@ class TestInstalledCommand:
 
 def test_channels_first_fc6_file_fails_verify_with_exit_1(keras1: Path, tmp_path: Path) -> None:
     """The classic bug, as a file: fc6 rows read as (C, H, W). Right shapes, wrong function."""
-    from vggfcn.convert import metadata, named_tensors, to_fcn
+    from vggfcn.convert import to_fcn
     from vggfcn.formats import load
+    from vggfcn.formats.fcn_file import metadata, named_tensors
     from vggfcn.formats.safetensors_io import write
     from vggfcn.selfcheck import fc6_read_as_chw
 
     wrong = tmp_path / "wrong.safetensors"
     with load(str(keras1)) as classifier, open(wrong, "wb") as f:
-        fcn = fc6_read_as_chw(to_fcn(classifier))
+        fcn = fc6_read_as_chw(to_fcn(classifier))  # type: ignore[arg-type]
         write(f, named_tensors(fcn), metadata(fcn, keras1.name, "0" * 64))
     code, stdout, stderr = run("verify", str(keras1), str(wrong))
     assert code == 1, stderr

@@ -13,30 +13,38 @@ from safetensors import safe_open
 
 from fixtures.generate import GENERATIONS, TINY
 from vggfcn.api import convert_file
-from vggfcn.convert import named_tensors, to_fcn
+from vggfcn.convert import to_fcn
 from vggfcn.errors import ArchitectureError, OutputError
+from vggfcn.formats.fcn_file import named_tensors
 from vggfcn.formats.safetensors_io import write
+from vggfcn.graph import Conv, Dense
+from vggfcn.synthetic import TINY as TINY_ARCH
 from vggfcn.synthetic import random_classifier, random_layers
-from vggfcn.weights import Tensor
+from vggfcn.tensor import Tensor
 
 
-def test_head_becomes_7x7_and_1x1_kernels_with_the_same_elements() -> None:
+def test_head_becomes_7x7_and_1x1_kernels_with_the_same_elements(
+    keras1: Path, tmp_path: Path
+) -> None:
     classifier = random_classifier()
     fcn = to_fcn(classifier)
-    c5, (f6, f7, k) = classifier.arch.pool5_channels, classifier.arch.head_widths
+    c5, (f6, f7, k) = TINY_ARCH.pool5_channels, TINY_ARCH.head_widths
     assert [layer.kernel.shape for layer in fcn.head] == [
         (7, 7, c5, f6),
         (1, 1, f6, f7),
         (1, 1, f7, k),
     ]
-    fc6_dense = classifier.head[0].kernel.read()
+    assert [layer.relu for layer in fcn.head] == [True, True, False]
+    fc6_dense = next(op for op in classifier.ops if isinstance(op, Dense)).kernel.read()
     fc6_conv = fcn.head[0].kernel.read()
     # Row (h*7 + w)*C + c of the dense kernel is filter tap (h, w, c): Keras' HWC flatten order.
     for h, w, c in [(0, 0, 0), (6, 6, c5 - 1), (2, 5, 3), (4, 1, 9)]:
         np.testing.assert_array_equal(fc6_conv[h, w, c], fc6_dense[(h * 7 + w) * c5 + c])
-    assert fcn.trunk == classifier.trunk
+    convs = [op for op in classifier.ops if isinstance(op, Conv)]
+    assert [layer.kernel for layer in fcn.trunk] == [op.kernel for op in convs]  # not even read
+    convert_file(str(keras1), str(tmp_path / "fcn.safetensors"))
     with pytest.raises(ArchitectureError, match="already fully convolutional"):
-        to_fcn(fcn)
+        convert_file(str(tmp_path / "fcn.safetensors"), str(tmp_path / "again.safetensors"))
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)
@@ -47,7 +55,7 @@ def test_output_holds_every_tensor_with_metadata(
     out = tmp_path / "out.safetensors"
     result = convert_file(str(source), str(out))
     loaded = safetensors.numpy.load_file(str(out))  # the reference library reads our file
-    expected = {name: (k, b) for name, k, b in random_layers(random_classifier().arch)}
+    expected = {name: (k, b) for name, k, b in random_layers(TINY_ARCH)}
     assert len(loaded) == 2 * len(expected)
     for name, (kernel, bias) in expected.items():
         if name == "fc6":
@@ -59,6 +67,7 @@ def test_output_holds_every_tensor_with_metadata(
         assert loaded[f"{name}.kernel"].dtype == np.float32
     with safe_open(str(out), framework="numpy") as f:
         meta = f.metadata()
+    configured = generation in ("keras2-model", "keras3-h5")  # files with a model config
     assert meta == {
         "format": "vggfcn-fcn",
         "format_version": "1",
@@ -67,10 +76,15 @@ def test_output_holds_every_tensor_with_metadata(
         "names": "vggfcn",
         "dtype": "float32",
         "classes": str(TINY.classes),
+        "head_activations": "relu,relu,linear",
+        "input_size": "224,224",
+        "channel_order": "bgr",
+        "preprocessing": "caffe",
         "source_format": f"keras-h5/{generation}",
         "source_file": source.name,
         "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-        "source_softmax": "yes" if generation in ("keras2-model", "keras3-h5") else "unknown",
+        "source_softmax": "yes" if configured else "unknown",
+        "source_output_activation": "softmax" if configured else "unknown",
         "source_batch_norm": "none",
     }
     assert result.fc6_shape == (7, 7, TINY.convs[-1], TINY.fc[0])

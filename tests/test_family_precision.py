@@ -14,12 +14,15 @@ import torch
 
 from fixtures.generate import GENERATIONS, TINY, make_weights, write_checkpoint
 from fixtures.torch_vgg import VGGFCN, classifier, timm_state_dict
-from vggfcn import forward
+from tests.conftest import read_all
+from vggfcn import forward, referee
 from vggfcn.api import convert_file, inspect_file, verify_files
 from vggfcn.arch import PLANS
-from vggfcn.convert import fold_batch_norm, to_fcn
+from vggfcn.convert import to_fcn
 from vggfcn.formats import load
+from vggfcn.graph import SourceGraph
 from vggfcn.precision import from_bfloat16_bits, to_bfloat16_bits
+from vggfcn.tensor import Tensor
 from vggfcn.verify import sample_images, verify
 
 WIDTHS, FC, CLASSES = (4, 8, 8, 16, 16), 32, 10
@@ -54,10 +57,15 @@ def test_torch_family_with_and_without_batch_norm(
     source = tmp_path / "m.pth"
     torch.save(timm_state_dict(sd) if layout == "timm" else sd, source)
     x = sample_images(1, seed=2)
-    with load(str(source)) as w, torch.no_grad():
-        assert w.arch.name == arch
-        ours, theirs = forward.logits(w, x), model(_nchw(x)).numpy()
+    with load(str(source)) as graph, torch.no_grad():
+        assert isinstance(graph, SourceGraph)
+        fcn = to_fcn(graph)
+        assert fcn.name == arch
+        ours = referee.head(graph, referee.pool5(graph, x, forward.Scratch()))
+        folded = forward.logits(fcn, x)[:, 0, 0]
+        theirs = model(_nchw(x)).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
+    np.testing.assert_allclose(folded, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max())
     out = tmp_path / "fcn.safetensors"
     convert_file(str(source), str(out), layout="oihw", names="torch")
     report = verify_files(str(source), str(out))
@@ -75,13 +83,13 @@ def test_fold_equals_conv_then_batch_norm(tmp_path: Path) -> None:
     conv, bn = model.features[0], model.features[1]
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
-        expected = bn(conv(x)).permute(0, 2, 3, 1).numpy()
+        expected = torch.relu(bn(conv(x))).permute(0, 2, 3, 1).numpy()
     torch.save(model.state_dict(), tmp_path / "bn.pth")
-    with load(str(tmp_path / "bn.pth")) as w:
-        folded = fold_batch_norm(w.trunk[0])
-        assert folded.norm is None
-        kernel, bias = folded.kernel.read(), folded.bias.read()
-    got = forward.conv2d(x.permute(0, 2, 3, 1).numpy(), kernel, bias, same=True)
+    with load(str(tmp_path / "bn.pth")) as graph:
+        assert isinstance(graph, SourceGraph)
+        first = to_fcn(graph).trunk[0]
+        kernel, bias = first.kernel.read(), first.bias.read()
+    got = forward.conv2d(x.permute(0, 2, 3, 1).numpy(), kernel, bias, same=True, relu=True)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -89,10 +97,30 @@ def test_a_file_that_forgot_to_fold_is_caught(tmp_path: Path) -> None:
     """Unfolded conv weights with the batch norms dropped: right shapes, wrong function."""
     model = classifier(WIDTHS, FC, CLASSES, seed=4, batch_norm=True)
     torch.save(model.state_dict(), tmp_path / "bn.pth")
+    plain = {k: v for k, v in model.state_dict().items() if "running" not in k}
     with load(str(tmp_path / "bn.pth")) as original:
+        assert isinstance(original, SourceGraph)
         fcn = to_fcn(original)
-        forgot = replace(fcn, trunk=tuple(replace(layer, norm=None) for layer in original.trunk))
+        unfolded = [  # each conv's own kernel, OIHW -> HWIO, and bias: no batch norm in it
+            (
+                plain[f"{layer.source_name}.weight"].permute(2, 3, 1, 0),
+                plain[f"{layer.source_name}.bias"],
+            )
+            for layer in fcn.trunk
+        ]
+        forgot = replace(
+            fcn,
+            trunk=tuple(
+                replace(layer, kernel=_wrap(k), bias=_wrap(b))
+                for layer, (k, b) in zip(fcn.trunk, unfolded, strict=True)
+            ),
+        )
+        assert verify(original, fcn).passed
         assert not verify(original, forgot).passed
+
+
+def _wrap(t: torch.Tensor) -> Tensor:
+    return Tensor.wrap(t.detach().contiguous().numpy(), "<test>")
 
 
 def test_bfloat16_rounding_matches_ml_dtypes() -> None:
@@ -124,8 +152,8 @@ def test_half_precision_output_passes_its_tolerance_and_fails_float32s(
     assert (
         stored["fc6.kernel"].dtype == {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     )
-    with load(str(keras1)) as w:
-        fc6 = torch.from_numpy(w.head[0].kernel.read().reshape(7, 7, 16, 32).copy())
+    _, tensors = read_all(keras1)
+    fc6 = torch.from_numpy(tensors["fc1.kernel"].reshape(7, 7, 16, 32).copy())
     assert torch.equal(
         stored["fc6.kernel"], fc6.to(stored["fc6.kernel"].dtype)
     )  # torch's own rounding
@@ -146,9 +174,9 @@ def test_keras3_bfloat16_weights_are_read(tmp_path: Path) -> None:
         for _, arrays in make_weights(TINY)
         for a in arrays
     ]
-    with load(str(path)) as w:
-        got = [t.read() for layer in w.layers for t in (layer.kernel, layer.bias)]
-        assert inspect_file(str(path))["layers"][0]["dtype"] == "bfloat16"
+    _, tensors = read_all(path)
+    got = list(tensors.values())
+    assert inspect_file(str(path))["layers"][0]["dtype"] == "bfloat16"
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
     out = tmp_path / "fcn.safetensors"
@@ -165,10 +193,8 @@ def test_float16_input_reads_exactly(keras1: Path, tmp_path: Path) -> None:
         k = f["fc2/fc2_W_1:0"][()]
         del f["fc2/fc2_W_1:0"]
         f["fc2"].create_dataset("fc2_W_1:0", data=k.astype(np.float16))
-    with load(str(path)) as w:
-        np.testing.assert_array_equal(
-            w.head[1].kernel.read(), k.astype(np.float16).astype(np.float32)
-        )
+    _, tensors = read_all(path)
+    np.testing.assert_array_equal(tensors["fc2.kernel"], k.astype(np.float16).astype(np.float32))
     out = tmp_path / "o.safetensors"
     convert_file(str(path), str(out))
     assert safetensors.numpy.load_file(str(out))["fc7.kernel"].dtype == np.float32

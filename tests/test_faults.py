@@ -19,24 +19,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from click.testing import CliRunner, Result
 
 import vggfcn.formats.safetensors_io as safetensors_io
 from fixtures.generate import FULL, write_checkpoint
+from tests.helpers import assert_one_line, run, temps
 from vggfcn import api
-from vggfcn.cli import main
 from vggfcn.errors import OutputError, VggfcnError
-from vggfcn.weights import Tensor
+from vggfcn.tensor import Tensor
 
 OLD = b"the previous, good output"
-
-
-def run(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def temps(directory: Path) -> list[str]:
-    return [p.name for p in directory.iterdir() if p.name.endswith(".vggfcn-tmp")]
 
 
 @pytest.fixture(params=["new", "replaced"])
@@ -56,15 +47,6 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
 
 def convert_args(source: Path, out: Path, *options: str) -> list[object]:
     return ["convert", "--force", *options, source, out]
-
-
-def assert_one_line(result: Result, code: int, *expected: str) -> None:
-    assert result.exit_code == code, (result.exit_code, result.stderr, result.exception)
-    assert result.stdout == "" and "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
 
 
 # ------------------------------------------------------------ disk full

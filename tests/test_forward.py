@@ -1,31 +1,29 @@
-"""The referee is tested first: hand-worked cases, the definition of convolution, and torch."""
+"""The fast kernels and the FCN runner: hand-worked cases, the definition of convolution, torch.
+
+`conv2d` is the one piece the referee shares with what it judges, so it is held to the definition
+(a direct loop) and to torch here; the rest of the referee has its own tests (test_referee.py).
+"""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from vggfcn import forward
+from vggfcn import forward, referee
 from vggfcn.convert import to_fcn
 from vggfcn.errors import VggfcnError
 from vggfcn.selfcheck import direct_conv2d
 from vggfcn.synthetic import TINY, random_classifier
 from vggfcn.verify import sample_images
-from vggfcn.weights import BatchNorm, Tensor
 
 
-def test_seed_example_dense_and_1x1_conv_give_13_36() -> None:
+def test_seed_example_1x1_conv_gives_13_36() -> None:
     w = np.array([[0, 1, 1], [2, 3, 5]], dtype=np.float32)  # rows = output units
     b = np.array([8, 13], dtype=np.float32)
     x = np.array([[1, 2, 3]], dtype=np.float32)
-    dense = forward.relu(forward.dense(x, w.T, b))
-    conv = forward.relu(
-        forward.conv2d(x.reshape(1, 1, 1, 3), w.T.reshape(1, 1, 3, 2), b, same=False)
-    )
-    assert dense.tolist() == [[13.0, 36.0]]
+    conv = forward.conv2d(x.reshape(1, 1, 1, 3), w.T.reshape(1, 1, 3, 2), b, same=False, relu=True)
     assert conv.reshape(-1).tolist() == [13.0, 36.0]
 
 
@@ -97,28 +95,15 @@ def test_large_blocks_in_strips_equal_the_unstripped_trunk(
     height: int, width: int, batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Big inputs run each block in horizontal strips with halo rows; force that on a small net
-    # (strips of a few rows, so every block is cut many times, odd sizes, batch norm included)
-    # and compare with the same trunk run whole.
-    weights = random_classifier(TINY, seed=11)
-    rng = np.random.default_rng(12)
-    normed = tuple(
-        replace(layer, norm=_random_norm(rng, layer.kernel.shape[3])) if i % 3 == 1 else layer
-        for i, layer in enumerate(weights.trunk)
-    )
-    weights = replace(weights, trunk=normed)
+    # (strips of a few rows, so every block is cut many times, odd sizes) and compare with the
+    # same trunk run whole.
+    fcn = to_fcn(random_classifier(TINY, seed=11))
     images = sample_images(batch, seed=13, size=max(height, width))[:, :height, :width]
-    whole = forward.trunk(weights, images)
+    whole = forward.trunk(fcn, images)
     monkeypatch.setattr(forward, "STRIP_BYTES", 3000)
-    strips = forward.trunk(weights, images)
+    strips = forward.trunk(fcn, images)
     assert strips.shape == whole.shape == (batch, height // 32, width // 32, 16)
     np.testing.assert_allclose(strips, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
-
-
-def _random_norm(rng: np.random.Generator, channels: int) -> BatchNorm:
-    def tensor(low: float, high: float) -> Tensor:
-        return Tensor.wrap(rng.uniform(low, high, channels).astype(np.float32), "<norm>")
-
-    return BatchNorm(tensor(0.5, 2), tensor(-0.5, 0.5), tensor(-0.2, 0.2), tensor(0.5, 2), 1e-5)
 
 
 def test_kept_scratch_changes_nothing_and_is_not_shared_between_threads() -> None:
@@ -151,14 +136,12 @@ def test_max_pool_takes_window_maxima_and_drops_odd_edges() -> None:
         assert pooled[i, y, xx, c] == x[i, 2 * y : 2 * y + 2, 2 * xx : 2 * xx + 2, c].max()
 
 
-def test_classifier_rejects_other_sizes_and_small_inputs() -> None:
-    w = random_classifier(TINY)
-    with pytest.raises(VggfcnError, match="224x224 inputs only"):
-        forward.logits(w, np.zeros((1, 256, 256, 3), np.float32))
+def test_fcn_rejects_small_inputs_and_channels_first() -> None:
+    fcn = to_fcn(random_classifier(TINY))
     with pytest.raises(VggfcnError, match="at least 224x224"):
-        forward.logits(to_fcn(w), np.zeros((1, 200, 300, 3), np.float32))
+        forward.logits(fcn, np.zeros((1, 200, 300, 3), np.float32))
     with pytest.raises(VggfcnError, match="channels-last"):
-        forward.logits(w, np.zeros((1, 3, 224, 224), np.float32))
+        forward.logits(fcn, np.zeros((1, 3, 224, 224), np.float32))
 
 
 def test_fcn_map_size_rule_and_cells_equal_classifier_on_windows() -> None:
@@ -166,43 +149,20 @@ def test_fcn_map_size_rule_and_cells_equal_classifier_on_windows() -> None:
     fcn = to_fcn(classifier)
     x = sample_images(1, seed=4, size=288)
     scores = forward.logits(fcn, x)
-    assert scores.shape == (1, 3, 3, TINY.classes) == (1, *TINY.output_size(288, 288), TINY.classes)
-    pool5 = forward.trunk(classifier, x)
+    assert scores.shape == (1, 3, 3, TINY.classes) == (1, *fcn.output_size(288, 288), TINY.classes)
+    pool5 = referee.pool5(classifier, x, forward.Scratch())
     for i in range(3):
         for j in range(3):
-            head = forward.classifier_head(classifier, pool5[:, i : i + 7, j : j + 7])
+            head = referee.head(classifier, pool5[:, i : i + 7, j : j + 7])
             np.testing.assert_allclose(
                 scores[:, i, j], head, rtol=1e-4, atol=1e-4 * np.abs(head).max()
             )
 
 
 class TestAgainstTorch:
-    """An independent implementation: torch's conv2d, max_pool2d and linear layers."""
+    """An independent implementation: torch's conv2d."""
 
     torch = pytest.importorskip("torch")
-
-    def _torch_classifier(self, weights, images: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-        torch, F = self.torch, self.torch.nn.functional
-        x = torch.from_numpy(images).permute(0, 3, 1, 2)  # NCHW
-        pools = weights.arch.pools_after()
-        for i, layer in enumerate(weights.trunk):
-            k = torch.from_numpy(layer.kernel.read()).permute(3, 2, 0, 1)  # HWIO -> OIHW
-            x = F.relu(F.conv2d(x, k, torch.from_numpy(layer.bias.read()), padding=1))
-            if i in pools:
-                x = F.max_pool2d(x, 2)
-        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # HWC flatten, as Keras
-        fc6, fc7, fc8 = weights.head
-        x = F.relu(x @ torch.from_numpy(fc6.kernel.read()) + torch.from_numpy(fc6.bias.read()))
-        x = F.relu(x @ torch.from_numpy(fc7.kernel.read()) + torch.from_numpy(fc7.bias.read()))
-        return (x @ torch.from_numpy(fc8.kernel.read()) + torch.from_numpy(fc8.bias.read())).numpy()
-
-    def test_tiny_vgg16_logits_match_torch(self) -> None:
-        weights = random_classifier(TINY, seed=5)
-        images = sample_images(2, seed=6)
-        ours = forward.logits(weights, images)
-        theirs = self._torch_classifier(weights, images)
-        scale = np.abs(theirs).max()
-        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * scale)
 
     def test_conv2d_matches_torch_at_odd_sizes(self) -> None:
         torch, F = self.torch, self.torch.nn.functional

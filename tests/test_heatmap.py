@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from vggfcn.errors import VggfcnError
-from vggfcn.heatmap import encode_png, overlay, pixel_scores, softmax
+from vggfcn.heatmap import encode_png, overlay, pixel_scores
 from vggfcn.imagenet import class_index, class_names, label
+from vggfcn.predict import softmax
 
 # A 270x300 image: 8x9 blocks of 32 (+14 and +12 uncovered pixels) -> a (2, 3) score map.
 H, W = 270, 300

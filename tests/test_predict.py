@@ -86,7 +86,7 @@ def test_predict_text_output_names_windows(fcn_file: Path, tmp_path: Path) -> No
 def test_top_cells_use_imagenet_names_for_1000_classes() -> None:
     scores = np.zeros((1, 1, 2, 1000), np.float32)
     scores[0, 0, 1, 281] = 5.0
-    cells = top_cells(scores, 1)
+    cells = top_cells(scores, 1, (224, 224))
     assert cells[1].top[0].name == "tabby" and cells[1].top[0].probability > 0.1
     np.testing.assert_allclose(
         class_probabilities(scores, 281).sum(), 1 / 1000 + cells[1].top[0].probability, rtol=1e-5

@@ -13,7 +13,7 @@ import pytest
 from vggfcn.errors import FormatError
 from vggfcn.formats import load
 from vggfcn.formats.safetensors_io import header_bytes, open_tensors, read_header, write
-from vggfcn.weights import Tensor
+from vggfcn.tensor import Tensor
 
 
 def _file(tmp_path: Path, header: str | bytes, data: bytes, length: int | None = None) -> Path:
@@ -47,7 +47,7 @@ def test_valid_file_round_trips(tmp_path: Path) -> None:
         (json.dumps({"a": _entry(0, 4, [1]), "b": _entry(8, 12, [1])}), 12, "leaves a gap"),
         (json.dumps({"a": _entry(0, 4, [1])}), 8, "trailing bytes"),
         (json.dumps({"a": _entry(0, 8, [1])}), 8, "needs 4 bytes"),
-        (json.dumps({"a": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}), 8, "dtype I64"),
+        (json.dumps({"a": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}), 8, "dtype C64"),
         (json.dumps({"a": _entry(0, 4, [-1])}), 4, "invalid shape"),
         ("[1, 2]", 0, "not a JSON object"),
         ("{not json", 0, "invalid safetensors header"),

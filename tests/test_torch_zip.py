@@ -220,10 +220,13 @@ def test_integer_buffers_keep_their_dtype_and_plain_values_are_skipped(tmp_path:
     assert arrays["num_batches_tracked"].dtype == np.int64
 
 
-def test_bfloat16_is_refused_naming_the_tensor(tmp_path: Path) -> None:
-    path = _save(tmp_path, {"ok": torch.ones(2), "fc6.weight": torch.ones(2, dtype=torch.bfloat16)})
-    with pytest.raises(FormatError, match=r"tensor fc6\.weight is bfloat16"):
-        read_state_dict(str(path))
+def test_bfloat16_reads_exactly_as_float32(tmp_path: Path) -> None:
+    """bfloat16 storages come back as float32 values of their bits (big or little endian)."""
+    values = torch.tensor([[1.0, -2.5, 3e38], [1e-38, 0.1, -0.0]]).to(torch.bfloat16)
+    path = _save(tmp_path, {"ok": torch.ones(2), "fc6.weight": values.t()})  # a strided view
+    got = read_state_dict(str(path))["fc6.weight"]
+    assert got.dtype == np.float32 and got.shape == (3, 2)
+    np.testing.assert_array_equal(got[()], values.t().float().numpy())
 
 
 def test_a_single_tensor_is_not_a_state_dict(tmp_path: Path) -> None:

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from fixtures.generate import GENERATIONS
-from vggfcn import forward, selfcheck
+from vggfcn import forward, referee, selfcheck
 from vggfcn.api import convert_file, verify_files
 from vggfcn.arch import Arch
 from vggfcn.convert import to_fcn
 from vggfcn.errors import ArchitectureError
 from vggfcn.selfcheck import fc6_read_as_chw
 from vggfcn.synthetic import random_classifier
+from vggfcn.tensor import Tensor
 from vggfcn.verify import sample_images, verify
-from vggfcn.weights import Layer, Tensor
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)
@@ -51,9 +51,7 @@ def test_tolerance_rule_is_scaled_by_the_logits() -> None:
 
     def shifted(d: float) -> bool:
         bias = fc8.bias.read() + np.float32(d)
-        broken = replace(
-            fcn, head=(*fcn.head[:2], Layer("fc8", fc8.kernel, Tensor.wrap(bias, "b"), "fc8"))
-        )
+        broken = replace(fcn, head=(*fcn.head[:2], replace(fc8, bias=Tensor.wrap(bias, "b"))))
         return verify(classifier, broken, sizes=(), atol=1e-3, rtol=0.0).passed
 
     assert shifted(0.5e-3 * scale)
@@ -67,7 +65,7 @@ def test_original_and_converted_must_be_the_same_network() -> None:
     with pytest.raises(ArchitectureError, match="converted network is vgg16"):
         verify(a, b)
     with pytest.raises(ArchitectureError, match="original classifier first"):
-        verify(to_fcn(a), a)
+        verify(to_fcn(a), a)  # type: ignore[arg-type]
 
 
 def test_verify_reads_the_converted_file_not_the_original(keras1: Path, tmp_path: Path) -> None:
@@ -101,14 +99,12 @@ def test_probes_reach_weights_that_an_image_cannot() -> None:
     the image alone cannot see it; the probes must."""
     classifier = random_classifier(seed=4)
     fcn = to_fcn(classifier)
-    pool5 = forward.trunk(classifier, sample_images(1, seed=0))[0]
+    pool5 = referee.pool5(classifier, sample_images(1, seed=0), forward.Scratch())[0]
     h, w, c = np.argwhere(pool5 == 0)[0]
     fc6 = fcn.head[0]
     kernel = fc6.kernel.read().copy()
     kernel[h, w, c, :] += 1.0
-    broken = replace(
-        fcn, head=(Layer("fc6", Tensor.wrap(kernel, "k"), fc6.bias, "fc6"), *fcn.head[1:])
-    )
+    broken = replace(fcn, head=(replace(fc6, kernel=Tensor.wrap(kernel, "k")), *fcn.head[1:]))
     assert verify(classifier, broken, images=1, probes=0, seed=0).passed
     assert not verify(classifier, broken, images=1, probes=8, seed=0).passed
 
@@ -134,12 +130,7 @@ def test_trunk_that_differs_is_run_on_its_own_weights() -> None:
     kernel = layer.kernel.read().copy()
     kernel[0, 0, 0, 0] = np.nextafter(kernel[0, 0, 0, 0], np.float32(1))  # one ulp
     nudged = replace(
-        fcn,
-        trunk=(
-            *fcn.trunk[:3],
-            Layer(layer.name, Tensor.wrap(kernel, "k"), layer.bias, layer.file_name),
-            *fcn.trunk[4:],
-        ),
+        fcn, trunk=(*fcn.trunk[:3], replace(layer, kernel=Tensor.wrap(kernel, "k")), *fcn.trunk[4:])
     )
     report = verify(classifier, nudged)
     assert not report.trunk_shared

@@ -3,8 +3,8 @@
 Example:
     >>> import vggfcn
     >>> vggfcn.convert_file("vgg16.h5", "vgg16.fcn.safetensors")
-    >>> report = vggfcn.verify_files("vgg16.h5", "vgg16.fcn.safetensors")
-    >>> report.passed
+    >>> result = vggfcn.verify_files("vgg16.h5", "vgg16.fcn.safetensors")
+    >>> result.passed
     True
 """
 
@@ -14,32 +14,34 @@ __version__ = "0.1.0"
 
 from .api import (
     ConvertResult,
-    Prediction,
+    HeatmapResult,
+    PredictResult,
     convert_file,
-    describe,
     heatmap_file,
     inspect_file,
     predict_file,
     verify_files,
 )
-from .arch import Arch
 from .convert import to_fcn
-from .errors import ArchitectureError, ExitCode, FormatError, OutputError, VggfcnError
+from .errors import ArchitectureError, FormatError, MismatchError, OutputError, VggfcnError
+from .fcn import FCN
 from .formats import load
 from .forward import logits
-from .verify import VerifyReport, verify
-from .weights import VGGWeights
+from .graph import SourceGraph
+from .inspection import describe
+from .verify import VerifyResult, verify
 
 __all__ = [
-    "Arch",
+    "FCN",
     "ArchitectureError",
     "ConvertResult",
-    "ExitCode",
-    "Prediction",
     "FormatError",
+    "HeatmapResult",
+    "MismatchError",
     "OutputError",
-    "VGGWeights",
-    "VerifyReport",
+    "PredictResult",
+    "SourceGraph",
+    "VerifyResult",
     "VggfcnError",
     "__version__",
     "convert_file",

@@ -12,23 +12,30 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import heatmap, imagenet, images
 from .atomic import atomic_write, check_output
-from .convert import LAYOUTS, NAME_SCHEMES, metadata, named_tensors, tensor_names, to_fcn
-from .errors import MismatchError, VggfcnError
-from .formats import load, safetensors_io
+from .convert import to_fcn
+from .errors import ArchitectureError, MismatchError, VggfcnError
+from .fcn import FCN
+from .formats import Network, load, safetensors_io
+from .formats.fcn_file import LAYOUTS, NAME_SCHEMES, metadata, named_tensors, tensor_names
+from .graph import SourceGraph
+from .inspection import describe
 from .precision import DTYPES
-from .predict import class_probabilities, score_map
-from .verify import VerifyReport, verify
-from .weights import VGGWeights
+from .predict import as_fcn, class_probabilities, score_map
+from .verify import VerifyResult, verify
+
+Size = tuple[int, int]
 
 
 @dataclass(frozen=True)
 class ConvertResult:
+    """`convert_file`'s answer: what was written, and the check made before publishing."""
+
     output: str
     arch: str
     classes: int
@@ -36,7 +43,7 @@ class ConvertResult:
     fc6_shape: tuple[int, ...]
     bytes_written: int
     source_sha256: str
-    verification: VerifyReport | None  # with verify_output: the check made before publishing
+    verification: VerifyResult | None  # with verify_output: the check made before publishing
 
 
 def convert_file(
@@ -50,6 +57,7 @@ def convert_file(
     verify_output: bool = False,
     allow_nonfinite: bool = False,
     progress: bool = False,
+    input_size: Size | None = None,
 ) -> ConvertResult:
     """Convert a VGG classifier checkpoint into a fully-convolutional safetensors file.
 
@@ -65,32 +73,35 @@ def convert_file(
             a mismatch publishes nothing.
         allow_nonfinite: convert NaN/Inf weights instead of refusing them.
         progress: show a progress bar on stderr.
+        input_size: (H, W) the classifier was built for, when its file does not say.
 
     Raises:
-        VggfcnError: bad input (FormatError, ArchitectureError), output (OutputError) or a
-        failed verification (MismatchError); the output is then neither created nor changed.
+        VggfcnError: bad options or input (FormatError, ArchitectureError), output
+        (OutputError) or a failed verification (MismatchError); the output is then neither
+        created nor changed.
     """
+    if layout not in LAYOUTS or names not in NAME_SCHEMES or dtype not in DTYPES:
+        raise VggfcnError(
+            f"layout must be one of {LAYOUTS}, names one of {NAME_SCHEMES}, "
+            f"dtype one of {tuple(DTYPES)}"
+        )
     check_output(output, [source], force=force)
-    with load(source) as weights, ThreadPoolExecutor(max_workers=1) as pool:
+    with load(source, input_size=input_size) as network, ThreadPoolExecutor(1) as pool:
+        graph = _classifier(network)
         # Hash the source on the second core while the first streams the conversion; the
         # digest's fixed length lets the header be written first and patched at the end.
         digest = pool.submit(sha256_file, source)
-        fcn = to_fcn(weights)
-        if layout not in LAYOUTS or names not in NAME_SCHEMES or dtype not in DTYPES:
-            raise VggfcnError(
-                f"layout must be one of {LAYOUTS}, names one of {NAME_SCHEMES}, "
-                f"dtype one of {tuple(DTYPES)}"
-            )
+        fcn = to_fcn(graph)
         tensors = named_tensors(fcn, layout, names)
         name = os.path.basename(source)
         total = sum(t.size * 4 for t in tensors.values())  # float32 bytes streamed
-        checks: list[VerifyReport] = []
+        checks: list[VerifyResult] = []
 
         def check(temp: str) -> None:
             with load(temp) as written:
-                report = verify(
-                    weights, replace(written, source=replace(written.source, path=output))
-                )
+                if not isinstance(written, FCN):
+                    raise VggfcnError(f"{output}: the file written is not a converted network")
+                report = verify(graph, written)
             checks.append(report)
             if not report.passed:
                 raise MismatchError(
@@ -122,14 +133,20 @@ def convert_file(
             )
         return ConvertResult(
             output=output,
-            arch=fcn.arch.name,
-            classes=fcn.arch.classes,
-            parameters=fcn.arch.parameter_count(),
+            arch=fcn.name,
+            classes=fcn.classes,
+            parameters=fcn.parameter_count(),
             fc6_shape=tensors[tensor_names(fcn, names)[len(fcn.trunk)][0]].shape,
             bytes_written=os.path.getsize(output),
             source_sha256=digest.result(),
             verification=checks[0] if checks else None,
         )
+
+
+def _classifier(network: Network) -> SourceGraph:
+    if isinstance(network, FCN):
+        raise ArchitectureError(f"{network.path}: is already fully convolutional")
+    return network
 
 
 @contextmanager
@@ -146,7 +163,7 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], object]]:
         yield bar.update
 
 
-def _worst(report: VerifyReport) -> float:
+def _worst(report: VerifyResult) -> float:
     return max([report.max_scaled_error, *(c.agreement.max_scaled_error for c in report.spatial)])
 
 
@@ -156,28 +173,37 @@ def verify_files(
     *,
     images: int = 1,
     probes: int = 8,
-    sizes: Sequence[int] = (288,),
+    sizes: Sequence[int] | None = None,
     seed: int = 0,
     atol: float | None = None,
     rtol: float | None = None,
-) -> VerifyReport:
+    input_size: Size | None = None,
+) -> VerifyResult:
     """Run `verify` on two files: the original classifier and the converted network.
 
-    `atol`/`rtol` default to the tolerance of the converted file's precision (`TOLERANCES`).
+    `sizes` defaults to the side that gives a 3x3 map; `atol`/`rtol` to the tolerance of the
+    converted file's precision (`TOLERANCES`).
     """
-    with load(original) as ref, load(converted) as fcn:
+    with load(original, input_size=input_size) as ref, load(converted) as fcn:
+        if not isinstance(ref, SourceGraph) or not isinstance(fcn, FCN):
+            raise ArchitectureError(
+                f"{original}, {converted}: expected the original classifier first and the "
+                "converted (fully-convolutional) network second"
+            )
         return verify(
             ref, fcn, images=images, probes=probes, sizes=sizes, seed=seed, atol=atol, rtol=rtol
         )
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """`predict_file`'s answer: the logit map and the preprocessing that was applied."""
+class PredictResult:
+    """`predict_file`'s answer: the logit map, how the input was prepared, what a cell sees."""
 
-    scores: np.ndarray  # (N, H//32 - 6, W//32 - 6, classes) logits
+    scores: np.ndarray  # (N, H//32 - p_h + 1, W//32 - p_w + 1, classes) logits
     preprocess: str
     input_shape: tuple[int, ...]
+    window: Size  # the input pixels each cell sees (224x224 for a stock VGG)
+    labels: list[str] | None  # class names from --labels, if given
 
 
 def predict_file(
@@ -187,8 +213,10 @@ def predict_file(
     preprocess: str | None = None,
     out: str | None = None,
     force: bool = False,
-) -> Prediction:
-    """Run the fully-convolutional network on an image or .npy input of any size >= 224.
+    labels: str | None = None,
+    input_size: Size | None = None,
+) -> PredictResult:
+    """Run the fully-convolutional network on an image or .npy input of any size >= its window.
 
     Args:
         weights: a converted file, or an original classifier (converted in memory).
@@ -197,21 +225,26 @@ def predict_file(
         preprocess: "caffe", "torch" or "none"; default "caffe" for images (Keras VGG16's
             mode) and "none" for arrays.
         out: optional .npy path for the raw logit map, written atomically.
+        labels: a text file with one class name per line, for non-ImageNet heads.
     """
     if out is not None:
         check_output(out, [weights, source], force=force)
     mode = preprocess or ("none" if images.is_npy(source) else "caffe")
-    x = images.load_input(source, mode)
-    with load(weights) as w:
-        scores = score_map(w, x)
+    with load(weights, input_size=input_size) as network:
+        fcn = as_fcn(network)
+        names = read_labels(labels, fcn.classes) if labels else None
+        x = images.load_input(source, mode, fcn.min_input)
+        scores = score_map(fcn, x)
     if out is not None:
         with atomic_write(out) as f:
             np.save(f, scores, allow_pickle=False)
-    return Prediction(scores, mode, tuple(x.shape))
+    return PredictResult(scores, mode, tuple(x.shape), fcn.min_input, names)
 
 
 @dataclass(frozen=True)
 class HeatmapResult:
+    """`heatmap_file`'s answer: the PNG written and where the class is most probable."""
+
     output: str
     class_index: int
     class_name: str
@@ -228,76 +261,63 @@ def heatmap_file(
     *,
     preprocess: str = "caffe",
     force: bool = False,
+    labels: str | None = None,
+    input_size: Size | None = None,
 ) -> HeatmapResult:
-    """Write `image` with one class's per-cell probability overlaid as a colour map (PNG)."""
+    """Write `image` with one class's per-cell probability overlaid as a colour map (PNG).
+
+    `class_name` is an index, an ImageNet name (1000-class heads) or a name from `labels`.
+    """
     check_output(out, [weights, image], force=force)
     if images.is_npy(image):
         raise VggfcnError(f"{image}: a heatmap needs an image file to draw on, not a .npy array")
     rgb = images.load_image(image)
-    images.check_size(image, rgb.shape[0], rgb.shape[1])
-    x = images.preprocess_image(rgb, preprocess)[np.newaxis]
-    with load(weights) as w:
-        scores = score_map(w, x)
-    classes = scores.shape[-1]
-    index = imagenet.class_index(class_name, classes)
+    with load(weights, input_size=input_size) as network:
+        fcn = as_fcn(network)
+        names = read_labels(labels, fcn.classes) if labels else None
+        images.check_size(image, rgb.shape[0], rgb.shape[1], fcn.min_input)
+        x = images.preprocess_image(rgb, preprocess)[np.newaxis]
+        scores = score_map(fcn, x)
+    index = imagenet.class_index(class_name, fcn.classes, names)
     probabilities = class_probabilities(scores, index)[0]
-    png = heatmap.encode_png(heatmap.overlay(rgb, probabilities))
+    png = heatmap.encode_png(heatmap.overlay(rgb, probabilities, window=fcn.window))
     with atomic_write(out) as f:
         f.write(png)
     hottest = np.unravel_index(int(np.argmax(probabilities)), probabilities.shape)
     return HeatmapResult(
         out,
         index,
-        imagenet.label(index, classes),
+        names[index] if names else imagenet.label(index, fcn.classes),
         probabilities.shape,
         (int(hottest[0]), int(hottest[1])),
         float(probabilities.max()),
     )
 
 
-def inspect_file(path: str) -> dict[str, object]:
-    """What a checkpoint holds: format, architecture, layers, shapes, dtypes, parameters."""
-    with load(path) as w:
-        return describe(w)
+def read_labels(path: str, classes: int) -> list[str]:
+    """Class names from a text file, one per line (blank lines at the end ignored).
 
-
-def describe(w: VGGWeights) -> dict[str, object]:
-    """A JSON-ready description of canonical weights (the `inspect` report)."""
-    layers: list[dict[str, object]] = []
-    total = 0
-    for layer in w.layers:
-        conv = len(layer.kernel.shape) == 4
-        kind = f"conv{layer.kernel.shape[0]}x{layer.kernel.shape[1]}" if conv else "dense"
-        count = layer.kernel.size + layer.bias.size
-        if layer.norm is not None:
-            kind += "+bn"
-            count += layer.norm.gamma.size + layer.norm.beta.size  # running stats are buffers
-        total += count
-        layers.append(
-            {
-                "name": layer.name,
-                "file_name": layer.file_name,
-                "kind": kind,
-                "kernel_shape": list(layer.kernel.shape),
-                "bias_shape": list(layer.bias.shape),
-                "dtype": getattr(layer.kernel.source, "storage", str(layer.kernel.source.dtype)),
-                "parameters": count,
-            }
+    Raises:
+        VggfcnError: unreadable, or not one name per class of the network.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 24)
+    except (OSError, UnicodeDecodeError) as e:
+        raise VggfcnError(f"{path}: cannot read the labels ({e})") from None
+    names = [line.strip() for line in text.rstrip("\n").split("\n")]
+    if len(names) != classes or not all(names):
+        raise VggfcnError(
+            f"{path}: {len(names)} label line(s); the network has {classes} classes "
+            "(one non-empty name per line, in class order)"
         )
-    return {
-        "file": w.source.path,
-        "format": w.source.format,
-        "generation": w.source.generation,
-        "arch": w.arch.name,
-        "head": "convolutional" if w.convolutional_head else "dense",
-        "shapes": "HWIO (canonical; dense kernels (in, out))",
-        "flatten_order": w.source.flatten_order,
-        "classes": w.arch.classes,
-        "softmax": w.source.softmax_label,
-        "batch_norm": w.source.batch_norm,
-        "parameters": total,
-        "layers": layers,
-    }
+    return names
+
+
+def inspect_file(path: str, *, input_size: Size | None = None) -> dict[str, object]:
+    """What a file holds: format, architecture, layers as the file defines them, parameters."""
+    with load(path, input_size=input_size) as network:
+        return describe(network)
 
 
 def sha256_file(path: str) -> str:

@@ -9,19 +9,34 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from enum import IntEnum
 from typing import Any
 
 import click
 import numpy as np
 
 from . import __version__, api, selfcheck
-from .arch import MIN_INPUT
-from .convert import LAYOUTS, NAME_SCHEMES
-from .errors import ExitCode, VggfcnError
+from .arch import STRIDE
+from .errors import MismatchError, VggfcnError
+from .formats.fcn_file import LAYOUTS, NAME_SCHEMES
 from .images import PREPROCESS_MODES
 from .precision import DTYPES
 from .predict import top_cells
-from .verify import VerifyReport
+from .verify import VerifyResult
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of every `vggfcn` command (the README's table)."""
+
+    OK = 0
+    MISMATCH = 1  # verify ran and the two networks disagree beyond tolerance
+    BAD_INPUT = 2  # usage error, unreadable or unsupported input, unwritable output
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
+def exit_code(error: VggfcnError) -> ExitCode:
+    """The exit code an error means: a verification that ran and failed, or a bad input."""
+    return ExitCode.MISMATCH if isinstance(error, MismatchError) else ExitCode.BAD_INPUT
 
 
 class _Group(click.Group):
@@ -35,7 +50,7 @@ class _Group(click.Group):
                 return super().invoke(ctx)
         except VggfcnError as e:
             click.echo(f"vggfcn: error: {e}", err=True)
-            ctx.exit(e.exit_code)
+            ctx.exit(exit_code(e))
         except KeyboardInterrupt:
             click.echo("vggfcn: interrupted", err=True)
             ctx.exit(ExitCode.INTERRUPTED)
@@ -53,6 +68,30 @@ def main() -> None:
 
 _quiet = click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 _json = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+
+
+def _parse_size(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value.replace("x", ",").split(",")
+    try:
+        h, w = (int(p) for p in parts) if len(parts) == 2 else (int(parts[0]),) * 2
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected H,W (or one side for a square)") from None
+    if min(h, w) < 32 or max(h, w) > 1 << 16:
+        raise click.BadParameter(f"{value!r}: each side must be 32..65536 pixels")
+    return h, w
+
+
+_input_size = click.option(
+    "--input-size",
+    callback=_parse_size,
+    metavar="H,W",
+    help="The input size the classifier was built for, when its file does not record it "
+    "(files without a model config; default: from the first dense layer's inputs, else 224).",
+)
 
 
 @main.command()
@@ -90,6 +129,7 @@ _json = click.option("--json", "as_json", is_flag=True, help="Print one JSON obj
 @click.option(
     "--allow-nonfinite", is_flag=True, help="Convert NaN/Inf weights instead of refusing."
 )
+@_input_size
 @_quiet
 @_json
 def convert(
@@ -101,14 +141,17 @@ def convert(
     force: bool,
     verify_output: bool,
     allow_nonfinite: bool,
+    input_size: tuple[int, int] | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Convert a VGG classifier checkpoint SOURCE into a fully-convolutional OUTPUT.
 
-    SOURCE is a Keras HDF5 file (any generation), a torchvision or timm state dict (.pth or
-    safetensors; pickles are read without running them) or a tensorflow-vgg .npy, chosen by
-    content. OUTPUT is safetensors: fc6 becomes a 7x7 convolution, fc7 and fc8 1x1 ones.
+    SOURCE is a Keras model (.keras, or HDF5 of any generation, fine-tuned heads included), a
+    torchvision or timm state dict (.pth or safetensors, wrapped or not; pickles are read
+    without running them) or a tensorflow-vgg .npy, chosen by content. OUTPUT is safetensors:
+    the first dense layer becomes a p x p convolution over pool5 (7x7 for a 224x224 VGG), the
+    later ones 1x1 convolutions.
 
     \b
     Examples:
@@ -125,6 +168,7 @@ def convert(
         verify_output=verify_output,
         allow_nonfinite=allow_nonfinite,
         progress=_show_progress(quiet),
+        input_size=input_size,
     )
     if as_json:
         click.echo(json.dumps(asdict(result)))
@@ -149,7 +193,8 @@ def convert(
     default=1,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Deterministic 224x224 inputs run through both whole networks.",
+    help="Deterministic inputs, at the size the original was built for, run through both "
+    "whole networks.",
 )
 @click.option(
     "--probes",
@@ -160,10 +205,9 @@ def convert(
 )
 @click.option(
     "--sizes",
-    default="224,288",
-    show_default=True,
     callback=lambda _ctx, _param, value: _sizes(value),
-    help="Input sides to check; above 224 every score-map cell is checked against its window.",
+    help="Input sides for the spatial check: every score-map cell against the classifier on "
+    "its window [default: the side that gives a 3x3 map, 288 for a 224x224 VGG].",
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Input seed.")
 @click.option(
@@ -177,6 +221,7 @@ def convert(
     type=click.FloatRange(0),
     help="Tolerance relative to each logit [default: as --atol].",
 )
+@_input_size
 @_quiet
 @_json
 def verify(
@@ -184,10 +229,11 @@ def verify(
     converted: str | None,
     images: int,
     probes: int,
-    sizes: tuple[int, ...],
+    sizes: tuple[int, ...] | None,
     seed: int,
     atol: float | None,
     rtol: float | None,
+    input_size: tuple[int, int] | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -215,6 +261,7 @@ def verify(
         seed=seed,
         atol=atol,
         rtol=rtol,
+        input_size=input_size,
     )
     if as_json:
         click.echo(json.dumps(report.as_dict()))
@@ -231,6 +278,11 @@ _preprocess = click.option(
     "mean/std); none: as is. Default: caffe for images, none for .npy arrays.",
 )
 _force = click.option("-f", "--force", is_flag=True, help="Replace the output if it exists.")
+_labels = click.option(
+    "--labels",
+    type=click.Path(),
+    help="Class names, one per line in class order (for heads other than ImageNet's 1000).",
+)
 
 
 @main.command()
@@ -241,6 +293,8 @@ _force = click.option("-f", "--force", is_flag=True, help="Replace the output if
     "-k", "--top", default=3, show_default=True, type=click.IntRange(1), help="Classes per cell."
 )
 @_preprocess
+@_labels
+@_input_size
 @_force
 @_quiet
 @_json
@@ -250,23 +304,33 @@ def predict(
     out: str | None,
     top: int,
     preprocess: str | None,
+    labels: str | None,
+    input_size: tuple[int, int] | None,
     force: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Dense prediction: a map of class scores for an INPUT of any size >= 224.
+    """Dense prediction: a map of class scores for an INPUT of any size >= the window.
 
     WEIGHTS is a converted file (or an original classifier, converted in memory). INPUT is an
     image (needs `pip install 'vggfcn[images]'`) or a preprocessed .npy array (H, W, 3) or
-    (N, H, W, 3). The map is (H//32 - 6) x (W//32 - 6); cell (i, j) sees the 224x224 window at
-    (32i, 32j).
+    (N, H, W, 3). Cell (i, j) of the map sees the window at (32i, 32j) of the size the
+    classifier was built for (224x224 for a stock VGG: a (H//32 - 6) x (W//32 - 6) map).
 
     \b
     Example:
       vggfcn predict vgg16.fcn.safetensors cat.jpg --top 3 --out scores.npy
     """
-    result = api.predict_file(weights, source, preprocess=preprocess, out=out, force=force)
-    cells = top_cells(result.scores, top)
+    result = api.predict_file(
+        weights,
+        source,
+        preprocess=preprocess,
+        out=out,
+        force=force,
+        labels=labels,
+        input_size=input_size,
+    )
+    cells = top_cells(result.scores, top, result.window, result.labels)
     if as_json:
         click.echo(
             json.dumps(
@@ -302,6 +366,8 @@ def predict(
 @click.option("-c", "--class", "class_", required=True, help="Class index or ImageNet name.")
 @click.option("-o", "--out", required=True, type=click.Path(), help="PNG file to write.")
 @_preprocess
+@_labels
+@_input_size
 @_force
 @_quiet
 @_json
@@ -311,6 +377,8 @@ def heatmap(
     class_: str,
     out: str,
     preprocess: str | None,
+    labels: str | None,
+    input_size: tuple[int, int] | None,
     force: bool,
     quiet: bool,
     as_json: bool,
@@ -318,14 +386,22 @@ def heatmap(
     """Draw one class's per-cell probability over IMAGE as a colour map (PNG).
 
     Probabilities are a softmax over the classes of each cell; each pixel shows the mean over
-    the cells whose 224x224 windows cover it (stride 32).
+    the cells whose windows cover it (stride 32). --class takes an index, an ImageNet name, or
+    a name from --labels.
 
     \b
     Example:
       vggfcn heatmap vgg16.fcn.safetensors cat.jpg --class tabby --out tabby.png
     """
     result = api.heatmap_file(
-        weights, image, class_, out, preprocess=preprocess or "caffe", force=force
+        weights,
+        image,
+        class_,
+        out,
+        preprocess=preprocess or "caffe",
+        force=force,
+        labels=labels,
+        input_size=input_size,
     )
     if as_json:
         click.echo(json.dumps(asdict(result)))
@@ -339,31 +415,49 @@ def heatmap(
 
 @main.command()
 @click.argument("file", type=click.Path())
+@_input_size
 @_json
-def inspect(file: str, as_json: bool) -> None:
-    """Show what a checkpoint FILE holds: format, architecture, layers, parameters.
+def inspect(file: str, input_size: tuple[int, int] | None, as_json: bool) -> None:
+    """Show what FILE holds: format, architecture, and its layers as the file defines them.
 
     \b
     Example:
       vggfcn inspect vgg16.h5
     """
-    info = api.inspect_file(file)
+    info = api.inspect_file(file, input_size=input_size)
     if as_json:
         click.echo(json.dumps(info))
         return
+    size = info["input_size"]
+    shown = "x".join(map(str, size)) if isinstance(size, list) else "unknown"
+    origin = f" ({info['input_size_from']})" if info.get("input_size_from") else ""
     click.echo(
         f"{info['file']}: {info['format']} ({info['generation']}), {info['arch']}, "
         f"{info['head']} head, {info['classes']} classes, {info['parameters']:,} parameters\n"
-        f"flatten order {info['flatten_order']}, softmax in file: {info['softmax']}, "
-        f"batch norm: {info['batch_norm']}; shapes shown {info['shapes']}"
+        f"input {shown}{origin}, {info['channel_order']} {info['preprocessing']}; flatten order "
+        f"{info['flatten_order']}; output activation {info['output_activation']}; batch norm: "
+        f"{info['batch_norm']}; shapes {info['shapes']}"
     )
+    notes: list[str] = info["notes"]  # type: ignore[assignment]
+    for note in notes:
+        click.echo(f"note: {note}")
     rows: list[dict[str, Any]] = info["layers"]  # type: ignore[assignment]
     for row in rows:
-        shape = "x".join(map(str, row["kernel_shape"]))
-        click.echo(
-            f"  {row['name']:<14} {row['kind']:<8} {shape:<18} {row['dtype']:<8} "
-            f"{row['parameters']:>12,}  ({row['file_name']})"
-        )
+        click.echo("  " + _layer_line(row))
+
+
+def _layer_line(row: dict[str, Any]) -> str:
+    """One layer of `inspect`: name, class, shape (and layout), dtype, parameters."""
+    name, kind = f"{row['name']:<22}", f"{row['class']:<14}"
+    if "kernel_shape" in row:
+        shape = "x".join(map(str, row["kernel_shape"])) + f" {row.get('layout', '')}".rstrip()
+        extra = f"  ({row['source_name']})" if row.get("source_name") else ""
+        if "activation" in row:
+            extra = f" {row['activation']}" + extra
+        return f"{name} {kind} {shape:<24} {row['dtype']:<8} {row['parameters']:>12,}{extra}"
+    skip = ("name", "class", "parameters")
+    details = ", ".join(f"{k} {v}" for k, v in row.items() if k not in skip)
+    return f"{name} {kind} {details}".rstrip()
 
 
 def _selfcheck(quiet: bool, as_json: bool) -> None:
@@ -379,12 +473,13 @@ def _selfcheck(quiet: bool, as_json: bool) -> None:
         click.get_current_context().exit(ExitCode.MISMATCH)
 
 
-def _format_report(r: VerifyReport) -> str:
+def _format_report(r: VerifyResult) -> str:
     n = r.images + r.probes
     trunk = "bit-identical, computed once" if r.trunk_shared else "differ: each network its own"
+    h, w = r.input_size
     return "\n".join(
         [
-            f"{r.arch}, {r.classes} classes: {r.images} image(s) {r.size}x{r.size} + "
+            f"{r.arch}, {r.classes} classes: {r.images} image(s) {h}x{w} + "
             f"{r.probes} pool5 probe(s), seed {r.seed}",
             f"  trunk weights     {trunk}",
             f"  max abs error     {r.max_abs_error:.3e}",
@@ -401,19 +496,21 @@ def _format_report(r: VerifyReport) -> str:
             ],
             f"  tolerance         |fcn - ref| <= {r.atol:g}*scale + {r.rtol:g}*|ref| "
             f"({r.precision} weights)",
-            f"  compared          logits (softmax in original file: {r.softmax})",
+            f"  compared          logits (the original's output activation: {r.output_activation})",
             "PASS" if r.passed else "FAIL: outputs differ beyond tolerance",
         ]
     )
 
 
-def _sizes(value: str) -> tuple[int, ...]:
+def _sizes(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
     try:
         sizes = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected comma-separated integers") from None
-    if not sizes or min(sizes) < MIN_INPUT:
-        raise click.BadParameter(f"{value!r}: every size must be at least {MIN_INPUT}")
+    if not sizes or min(sizes) < STRIDE:
+        raise click.BadParameter(f"{value!r}: every size must be at least {STRIDE}")
     return sizes
 
 

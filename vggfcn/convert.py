@@ -1,132 +1,196 @@
-"""FC -> convolution surgery: canonical classifier weights in, fully-convolutional weights out.
+"""Compile: a source graph in, its fully-convolutional twin out. Pure and lazy.
 
-The whole conversion is a table of reshapes (arch.fcn_head_shapes): fc6 (49*C5, F6) with rows in
-(H, W, C) order *is* a (7, 7, C5, F6) HWIO kernel element for element, and fc7/fc8 are 1x1
-kernels. Because no element moves, the output streams straight from the input file.
+Every permutation, flatten-order resolution, fold and reshape between a file's own layout and
+the FCN (HWIO kernels, see `fcn`) happens here and nowhere else:
+
+- trunk convolutions: OIHW kernels move their axes to HWIO; a batch norm folds into its conv;
+- the first dense layer after pool5 is a p_h x p_w convolution over the p_h x p_w pool5 the
+  model was built for. Its kernel *is* the dense kernel, element for element, once the rows are
+  read in the order the file flattened pool5: channels-last (H, W, C) rows reshape to HWIO
+  directly; channels-first (C, H, W) rows must be transposed; (out, in) kernels too;
+- `GlobalAveragePooling2D -> Dense(W)` is the same p_h x p_w convolution with every tap
+  W / (p_h * p_w): exactly the classifier on each window;
+- later dense layers are 1x1 convolutions; convolutions in the head (timm's pre_logits) stay
+  what they are; dropout is dropped; ReLU or nothing between layers, logits out.
+
+Nothing is read: every tensor of the result is a reshape, permutation or scaling of the file's
+own, so a conversion streams from the input file (and OIHW in, OIHW out copies bytes as they are).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
+from .arch import conv_names
 from .errors import ArchitectureError
-from .weights import Layer, Tensor, VGGWeights
+from .fcn import FCN, ConvLayer, FCNInfo, head_name
+from .fold import fold_batch_norms
+from .graph import (
+    Activation,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    FlattenOrder,
+    GlobalAvgPool,
+    MaxPool,
+    Op,
+    SourceGraph,
+    pool5_side,
+)
+from .shapes import block_plan
+from .tensor import F32, Tensor
 
-FORMAT = "vggfcn-fcn"
-FORMAT_VERSION = "1"
+#: The axis moves compile makes, each named once (the injected-bug tests break them one by one):
+#: an OIHW kernel to HWIO; an (out, in) dense kernel to (in, out); and the rows of a dense layer
+#: after a channels-first flatten, viewed as (C, H, W, out), to an HWIO kernel.
+OIHW_TO_HWIO = (2, 3, 1, 0)
+OI_TO_IO = (1, 0)
+CHW_ROWS_TO_HWIO = (1, 2, 0, 3)
 
 
-def to_fcn(weights: VGGWeights) -> VGGWeights:
-    """The fully-convolutional twin of a classifier (lazy: no tensor is read).
+def to_fcn(graph: SourceGraph) -> FCN:
+    """The fully-convolutional twin of a checked classifier graph (lazy: no tensor is read).
 
     Example:
-        >>> fcn = to_fcn(classifier)        # fcn.head[0].kernel.shape == (7, 7, 512, 4096)
+        >>> with vggfcn.load("vgg16.h5") as classifier:
+        ...     fcn = to_fcn(classifier)       # fcn.head[0].kernel.shape == (7, 7, 512, 4096)
 
     Raises:
-        ArchitectureError: the network is already fully convolutional.
+        ArchitectureError: a layer the FCN cannot express (a conv without its ReLU, a batch
+            norm with nothing to fold into, an activation other than ReLU between layers).
     """
-    if weights.convolutional_head:
-        raise ArchitectureError(f"{weights.source.path}: is already fully convolutional")
-    head = tuple(
-        Layer(layer.name, layer.kernel.reshape(shape), layer.bias, layer.file_name)
-        for layer, shape in zip(weights.head, weights.arch.fcn_head_shapes(), strict=True)
+    if graph.input.size is None:
+        raise ArchitectureError(f"{graph.path}: input size unknown; check the graph first")
+    ops, eps = fold_batch_norms(graph.ops, graph.path)
+    last_pool = max(i for i, op in enumerate(ops) if isinstance(op, MaxPool))
+    trunk_ops, head_ops = ops[: last_pool + 1], ops[last_pool + 1 :]
+    plan = block_plan(trunk_ops)
+    trunk = _trunk(trunk_ops, plan, graph.path)
+    pools = [op for op in trunk_ops if isinstance(op, MaxPool)]
+    window = (pool5_side(graph.input.size[0], pools), pool5_side(graph.input.size[1], pools))
+    head = _head(head_ops, window, graph.path)
+    folded = ", ".join(sorted({f"{e:g}" for e in eps}))
+    info = FCNInfo(
+        path=graph.path,
+        source_format=graph.provenance.label,
+        input_size=graph.input.size,
+        output_activation=graph.output_activation,
+        channel_order=graph.input.channel_order,
+        preprocessing=graph.input.preprocessing,
+        batch_norm=f"folded (eps={folded})" if eps else "none",
     )
-    norms = [layer.norm for layer in weights.trunk if layer.norm is not None]
-    if not norms:
-        return replace(weights, head=head, convolutional_head=True)
-    trunk = tuple(fold_batch_norm(layer) for layer in weights.trunk)
-    eps = ", ".join(sorted({f"{n.eps:g}" for n in norms}))
-    source = replace(weights.source, batch_norm=f"folded (eps={eps})")
-    return replace(weights, trunk=trunk, head=head, convolutional_head=True, source=source)
+    return FCN(plan, trunk, head, info)
 
 
-def fold_batch_norm(layer: Layer) -> Layer:
-    """The convolution with its batch norm folded in (computed in float64, stored float32):
-
-    w' = w * g / sqrt(var + eps),  b' = (b - mean) * g / sqrt(var + eps) + beta.
-    """
-    if layer.norm is None:
-        return layer
-    gamma, beta, mean, var = (t.read().astype(np.float64) for t in layer.norm.tensors())
-    scale = gamma / np.sqrt(var + layer.norm.eps)
-    kernel = (layer.kernel.read() * scale).astype(np.float32)  # HWIO: scale each output channel
-    bias = ((layer.bias.read() - mean) * scale + beta).astype(np.float32)
-    return Layer(
-        layer.name,
-        Tensor.wrap(kernel, layer.kernel.where),
-        Tensor.wrap(bias, layer.bias.where),
-        layer.file_name,
-    )
+def hwio(op: Conv) -> Tensor:
+    """A convolution's kernel in HWIO, whatever the file's layout."""
+    if op.layout == "HWIO":
+        return op.kernel
+    return op.kernel.permute(op.kernel.shape, OIHW_TO_HWIO)
 
 
-#: Output layouts: HWIO (Keras, TensorFlow, JAX; our canonical form) or OIHW (`nn.Conv2d`).
-LAYOUTS = ("hwio", "oihw")
-HWIO_TO_OIHW = (3, 2, 0, 1)
-#: Output name schemes: ours (`block1_conv1.kernel`, `fc6.bias`), or torch's, loadable with
-#: `load_state_dict(strict=True)` into `features` (torchvision's Sequential) plus fc6/fc7/fc8.
-NAME_SCHEMES = ("vggfcn", "torch")
+def _bias(op: Conv | Dense, width: int) -> Tensor:
+    if op.bias is not None:
+        return op.bias
+    return Tensor.wrap(np.zeros(width, dtype=F32), f"{op.name} (no bias)")
 
 
-def torch_feature_indices(plan: tuple[int, ...]) -> list[int]:
-    """Indices of the convs in torchvision's `features` Sequential (each conv is followed by a
-    ReLU, each block by a MaxPool): 0, 2, 5, 7, 10, ... for VGG16."""
-    indices, i = [], 0
-    for convs in plan:
-        for _ in range(convs):
-            indices.append(i)
-            i += 2
-        i += 1
-    return indices
+def _relu_after(layers: list[ConvLayer], op: Activation, path: str) -> None:
+    """Attach a ReLU to the layer before it; anything else between layers is refused."""
+    if op.kind == "linear":
+        return
+    if not layers or layers[-1].relu:
+        raise ArchitectureError(f"{path}: {op.name}: a ReLU that does not follow a layer")
+    layers[-1] = replace(layers[-1], relu=True)
 
 
-def tensor_names(fcn: VGGWeights, scheme: str) -> list[tuple[str, str]]:
-    """(kernel name, bias name) of every layer, in model order, under a name scheme."""
-    if scheme == "torch":
-        trunk = [f"features.{i}" for i in torch_feature_indices(fcn.arch.plan)]
-        return [(f"{n}.weight", f"{n}.bias") for n in [*trunk, *(h.name for h in fcn.head)]]
-    return [(f"{layer.name}.kernel", f"{layer.name}.bias") for layer in fcn.layers]
+def _trunk(ops: tuple[Op, ...], plan: tuple[int, ...], path: str) -> tuple[ConvLayer, ...]:
+    layers: list[ConvLayer] = []
+    for op in ops:
+        if isinstance(op, Conv):
+            kernel = hwio(op)
+            name = conv_names(plan)[len(layers)]
+            layers.append(ConvLayer(name, kernel, _bias(op, kernel.shape[3]), False, op.name))
+        elif isinstance(op, Activation):
+            _relu_after(layers, op, path)
+        elif not isinstance(op, MaxPool | Dropout):
+            raise ArchitectureError(f"{path}: {op.name}: a {type(op).__name__} inside the trunk")
+    missing = [layer.source_name for layer in layers if not layer.relu]
+    if missing:
+        raise ArchitectureError(
+            f"{path}: {', '.join(missing)}: a VGG convolution is followed by a ReLU"
+        )
+    return tuple(layers)
 
 
-def named_tensors(
-    fcn: VGGWeights, layout: str = "hwio", scheme: str = "vggfcn"
-) -> dict[str, Tensor]:
-    """Every output tensor under its output name, kernels in the output layout (lazy)."""
-    out: dict[str, Tensor] = {}
-    for layer, (kernel_name, bias_name) in zip(fcn.layers, tensor_names(fcn, scheme), strict=True):
-        kernel = layer.kernel
-        if layout == "oihw":
-            kernel = kernel.permute(kernel.shape, HWIO_TO_OIHW)
-        out[kernel_name] = kernel
-        out[bias_name] = layer.bias
-    return out
+def _head(ops: tuple[Op, ...], window: tuple[int, int], path: str) -> tuple[ConvLayer, ...]:
+    """Walk the head from the pool5 window: a map, flattened (in an order), or averaged."""
+    layers: list[ConvLayer] = []
+    h, w = window
+    flattened: FlattenOrder | None = None
+    averaged = False
+    for op in ops:
+        if isinstance(op, Conv):
+            kernel = hwio(op)
+            h, w = h - kernel.shape[0] + 1, w - kernel.shape[1] + 1
+        elif isinstance(op, Dense):
+            kernel = _dense_as_conv(op, h, w, flattened, averaged)
+            h = w = 1
+            flattened, averaged = None, False
+        elif isinstance(op, Flatten):
+            flattened = op.order
+            continue
+        elif isinstance(op, GlobalAvgPool):
+            averaged = True
+            continue
+        elif isinstance(op, Activation):
+            _relu_after(layers, op, path)
+            continue
+        elif isinstance(op, Dropout):
+            continue
+        else:
+            raise ArchitectureError(f"{path}: {op.name}: a {type(op).__name__} in the head")
+        bias = _bias(op, kernel.shape[3])
+        layers.append(ConvLayer(head_name(len(layers)), kernel, bias, False, op.name))
+    return tuple(layers)
 
 
-def metadata(
-    fcn: VGGWeights,
-    source_name: str,
-    source_sha256: str,
-    layout: str = "hwio",
-    scheme: str = "vggfcn",
-    dtype: str = "float32",
-) -> dict[str, str]:
-    """`__metadata__` of a converted file: everything needed to trust and reuse it later.
+def _dense_as_conv(
+    op: Dense, h: int, w: int, flattened: FlattenOrder | None, averaged: bool
+) -> Tensor:
+    """A dense layer as the HWIO convolution that computes it on every window of its input."""
+    kernel = op.kernel
+    if op.layout == "OI":
+        out, inputs = kernel.shape
+        kernel = kernel.permute((out, inputs), OI_TO_IO)  # (in, out), rows in the file's order
+    inputs, out = kernel.shape
+    if averaged:  # the mean of an h x w map, times W: every tap is W / (h * w)
+        return Tensor.wrap(_Averaged(kernel, h, w), f"{op.kernel.where} / {h * w}")
+    if flattened is None:  # a vector (1x1 map): a 1x1 convolution
+        return kernel.reshape((1, 1, inputs, out))
+    channels = inputs // (h * w)
+    if flattened == "HWC":  # row (y * w + x) * C + c is tap (y, x, c): HWIO as it stands
+        return kernel.reshape((h, w, channels, out))
+    # row (c * h + y) * w + x: view as (C, H, W, out) and move C inside
+    return kernel.permute((channels, h, w, out), CHW_ROWS_TO_HWIO)
 
-    Only the source's base name is stored, never an absolute path, so the same input and options
-    give the same bytes on any machine.
-    """
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "arch": fcn.arch.name,
-        "layout": layout.upper(),
-        "names": scheme,
-        "dtype": dtype,
-        "classes": str(fcn.arch.classes),
-        "source_format": f"{fcn.source.format}/{fcn.source.generation}",
-        "source_file": source_name,
-        "source_sha256": source_sha256,
-        "source_softmax": fcn.source.softmax_label,
-        "source_batch_norm": fcn.source.batch_norm,
-    }
+
+class _Averaged:
+    """(h, w, in, out) taps, each the (in, out) kernel divided by h * w (float64, then float32)."""
+
+    dtype = F32
+
+    def __init__(self, kernel: Tensor, h: int, w: int) -> None:
+        self.kernel, self.h, self.w = kernel, h, w
+        self.shape = (h, w, *kernel.shape)
+        self._tap: np.ndarray | None = None
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if self._tap is None:
+            self._tap = (self.kernel.read().astype(np.float64) / (self.h * self.w)).astype(F32)
+        rows = range(self.h)[key] if isinstance(key, slice) else range(self.h)
+        return np.broadcast_to(self._tap, (len(rows), *self.shape[1:])).copy()

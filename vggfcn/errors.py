@@ -1,27 +1,14 @@
-"""One exception hierarchy, each kind carrying the exit code the CLI returns for it.
+"""One exception hierarchy for everything a user can cause.
 
-The exit-code table lives here and nowhere else; the CLI maps exceptions to codes, and the README
-documents the same table.
+The message of each error is the one line the user sees. Which exit code a kind of error means is
+the command line's business (`cli.ExitCode`); the library only says what went wrong.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
-
-
-class ExitCode(IntEnum):
-    """Process exit codes of every `vggfcn` command."""
-
-    OK = 0
-    MISMATCH = 1  # verify ran and the two networks disagree beyond tolerance
-    BAD_INPUT = 2  # usage error, unreadable or unsupported input, unwritable output
-    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
-
 
 class VggfcnError(Exception):
     """Base of every error a user can cause; the message is the one line the user sees."""
-
-    exit_code: ExitCode = ExitCode.BAD_INPUT
 
 
 class FormatError(VggfcnError):
@@ -39,4 +26,8 @@ class OutputError(VggfcnError):
 class MismatchError(VggfcnError):
     """A verification ran and found the networks differ (`convert --verify`)."""
 
-    exit_code = ExitCode.MISMATCH
+
+def first_line(error: BaseException) -> str:
+    """The first line of a third-party error's text (h5py's run to many), or its type's name."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -1,8 +1,9 @@
-"""The NumPy reference forward pass: the referee that `verify` trusts.
+"""The fast NumPy kernels, and the fully-convolutional network run on them.
 
-Channels-last (N, H, W, C), float32. Every convolution and dense layer is a GEMM, so the BLAS
-does the work: no Python loops over pixels or channels, and no im2col buffer nine times the
-size of a large layer (those run one GEMM per kernel row instead).
+Channels-last (N, H, W, C), float32. Every convolution is a GEMM, so the BLAS does the work: no
+Python loops over pixels or channels, and no im2col buffer nine times the size of a large layer
+(those run one GEMM per kernel row instead). `conv2d` is the one piece the referee shares; it is
+tested against a direct loop (`selfcheck`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .arch import MIN_INPUT, POOL5_SIZE, STRIDE
+from .arch import STRIDE
 from .errors import VggfcnError
-from .weights import F32, BatchNorm, Layer, VGGWeights
+from .fcn import FCN, ConvLayer
+from .tensor import F32
 
 #: Patch matrices up to this size are built whole (im2col, one GEMM): the first layer (27
 #: columns), the last blocks, and the 7x7 head, whose huge kernel must be read once, not per tap.
@@ -57,6 +59,10 @@ class Scratch:
         """A layer's output buffer, valid until the next-but-one call."""
         self._turn ^= 1
         return self.take(f"result{self._turn}", shape)
+
+    def holds(self, x: np.ndarray) -> bool:
+        """Whether `x` may be a view of one of these buffers (to be copied before returning)."""
+        return any(np.may_share_memory(x, buffer) for buffer in self._buffers.values())
 
 
 def conv2d(
@@ -206,12 +212,6 @@ def valid_convs(
     return [y.reshape(*shape, o) for y, shape in zip(np.split(out, ends), shapes, strict=True)]
 
 
-def relu(x: np.ndarray) -> np.ndarray:
-    """In-place ReLU (the activations are ours to overwrite)."""
-    np.maximum(x, 0, out=x)
-    return x
-
-
 def max_pool2(x: np.ndarray) -> np.ndarray:
     """2x2 max-pool, stride 2, dropping an odd last row/column (Keras/torch "valid" pooling)."""
     n, h, w, c = x.shape
@@ -222,38 +222,21 @@ def max_pool2(x: np.ndarray) -> np.ndarray:
     return pooled
 
 
-def batch_norm(x: np.ndarray, norm: BatchNorm) -> np.ndarray:
-    """Inference batch norm, written as its definition: (x - mean) / sqrt(var + eps) * g + b."""
-    gamma, beta, mean, var = (t.read() for t in norm.tensors())
-    x -= mean
-    x /= np.sqrt(var + np.float32(norm.eps))
-    x *= gamma
-    x += beta
-    return x
-
-
-def dense(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """x @ W + b with W as (in, out)."""
-    out: np.ndarray = x @ kernel
-    out += bias
-    return out
-
-
-def trunk(weights: VGGWeights, images: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
+def trunk(fcn: FCN, images: np.ndarray, scratch: Scratch | None = None) -> np.ndarray:
     """The 3x3 convolution trunk up to pool5: (N, H, W, 3) -> (N, H/32, W/32, C5).
 
     Its temporaries live in `scratch`, by default one kept by each thread between calls, as
     oneDNN keeps its scratchpad: a loop over images then touches no fresh memory after the
     first call. That costs about 80 MB per thread whatever the input size (large blocks run
-    in strips); pass a `Scratch` of your own to free them when it goes (verify does, before it
-    maps the 400 MB fc6). Nothing returned is a view into the scratch.
+    in strips); pass a `Scratch` of your own to free them when it goes. Nothing returned is a
+    view into the scratch.
     """
-    _check_images(weights, images)
+    _check_images(fcn, images)
     x = np.asarray(images, dtype=F32)
     scratch = scratch or _thread_scratch()
     start = 0
-    for count in weights.arch.plan:
-        x = _block(x, weights.trunk[start : start + count], scratch)
+    for count in fcn.plan:
+        x = _block(x, fcn.trunk[start : start + count], scratch)
         start += count
     return x
 
@@ -265,8 +248,8 @@ def _thread_scratch() -> Scratch:
     return scratch
 
 
-def _block(x: np.ndarray, layers: Sequence[Layer], scratch: Scratch) -> np.ndarray:
-    """One VGG block: its convolutions (each with ReLU, after batch norm if any), then the pool.
+def _block(x: np.ndarray, layers: Sequence[ConvLayer], scratch: Scratch) -> np.ndarray:
+    """One VGG block: its convolutions (each with its ReLU), then the pool.
 
     A block whose maps would be large runs in horizontal strips of output rows, so its
     full-resolution maps never exist whole: each strip's maps fit in buffers that every strip
@@ -277,11 +260,11 @@ def _block(x: np.ndarray, layers: Sequence[Layer], scratch: Scratch) -> np.ndarr
     """
     n, h, w, _ = x.shape
     halo = sum(layer.kernel.shape[0] // 2 for layer in layers)
-    row_bytes = w * max(layer.kernel.shape[3] for layer in layers) * F32.itemsize
+    row_bytes = w * max(layer.out_channels for layer in layers) * F32.itemsize
     pooled_rows = max(1, STRIP_BYTES // (2 * row_bytes))  # pooled rows per strip
     if n * h * row_bytes <= STRIP_BYTES or h // 2 <= pooled_rows:
         return max_pool2(_convs(x, layers, scratch))
-    out = np.empty((n, h // 2, w // 2, layers[-1].kernel.shape[3]), dtype=F32)
+    out = np.empty((n, h // 2, w // 2, layers[-1].out_channels), dtype=F32)
     for i in range(n):
         for p0 in range(0, h // 2, pooled_rows):
             p1 = min(p0 + pooled_rows, h // 2)
@@ -291,64 +274,36 @@ def _block(x: np.ndarray, layers: Sequence[Layer], scratch: Scratch) -> np.ndarr
     return out
 
 
-def _convs(x: np.ndarray, layers: Sequence[Layer], scratch: Scratch) -> np.ndarray:
+def _convs(x: np.ndarray, layers: Sequence[ConvLayer], scratch: Scratch) -> np.ndarray:
     for layer in layers:
         kernel, bias = layer.kernel.read(), layer.bias.read()
-        if layer.norm is None:
-            x = conv2d(x, kernel, bias, same=True, relu=True, scratch=scratch)
-        else:
-            x = relu(batch_norm(conv2d(x, kernel, bias, same=True, scratch=scratch), layer.norm))
+        x = conv2d(x, kernel, bias, same=True, relu=layer.relu, scratch=scratch)
     return x
 
 
-def classifier_head(weights: VGGWeights, pool5: np.ndarray) -> np.ndarray:
-    """The original dense head on (N, 7, 7, C5) pool5 volumes: logits (N, classes), no softmax."""
-    if weights.convolutional_head:
-        raise VggfcnError(f"{weights.source.path}: has a convolutional head, not a dense one")
-    x = pool5.reshape(pool5.shape[0], -1)  # (H, W, C) flatten order, as canonical fc6 rows
-    fc6, fc7, fc8 = weights.head
-    x = relu(dense(x, fc6.kernel.read(), fc6.bias.read()))
-    x = relu(dense(x, fc7.kernel.read(), fc7.bias.read()))
-    return dense(x, fc8.kernel.read(), fc8.bias.read())
-
-
-def fcn_head(weights: VGGWeights, pool5: np.ndarray) -> np.ndarray:
-    """The convolutional head: (N, h, w, C5) -> score map (N, h-6, w-6, classes), no softmax."""
-    return fcn_heads(weights, [pool5])[0]
-
-
-def fcn_heads(weights: VGGWeights, pool5s: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The convolutional head on several pool5 maps of any sizes, reading each layer once."""
-    if not weights.convolutional_head:
-        raise VggfcnError(f"{weights.source.path}: has a dense head, not a convolutional one")
+def heads(fcn: FCN, pool5s: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The convolutional head on several pool5 maps of any sizes, reading each layer once:
+    (N, h, w, C5) -> score maps (N, h - p_h + 1, w - p_w + 1, classes), no output activation."""
     xs = list(pool5s)
-    for i, layer in enumerate(weights.head):
-        xs = valid_convs(xs, layer.kernel.read(), layer.bias.read(), relu=i < 2)
+    for layer in fcn.head:
+        xs = valid_convs(xs, layer.kernel.read(), layer.bias.read(), relu=layer.relu)
     return xs
 
 
-def logits(weights: VGGWeights, images: np.ndarray) -> np.ndarray:
-    """Run either network: (N, classes) for a classifier at 224x224, a score map for an FCN."""
-    pool5 = trunk(weights, images)
-    if weights.convolutional_head:
-        return fcn_head(weights, pool5)
-    if pool5.shape[1:3] != (POOL5_SIZE, POOL5_SIZE):
-        raise VggfcnError(
-            f"{weights.source.path}: a dense classifier takes {MIN_INPUT}x{MIN_INPUT} inputs only "
-            f"(got {images.shape[1]}x{images.shape[2]}); convert it to run at other sizes"
-        )
-    return classifier_head(weights, pool5)
+def logits(fcn: FCN, images: np.ndarray) -> np.ndarray:
+    """The score map (N, H/32 - p_h + 1, W/32 - p_w + 1, classes) of (N, H, W, C) images."""
+    return heads(fcn, [trunk(fcn, images)])[0]
 
 
-def _check_images(weights: VGGWeights, images: np.ndarray) -> None:
-    if images.ndim != 4 or images.shape[3] != weights.arch.in_channels:
-        raise VggfcnError(
-            f"images must be (N, H, W, {weights.arch.in_channels}) channels-last, "
-            f"got {images.shape}"
-        )
+def _check_images(fcn: FCN, images: np.ndarray) -> None:
+    channels = fcn.trunk[0].kernel.shape[2]
+    if images.ndim != 4 or images.shape[3] != channels:
+        raise VggfcnError(f"images must be (N, H, W, {channels}) channels-last, got {images.shape}")
     h, w = images.shape[1:3]
-    if h < MIN_INPUT or w < MIN_INPUT:
+    min_h, min_w = fcn.min_input
+    if h < min_h or w < min_w:
+        p_h, p_w = fcn.window
         raise VggfcnError(
-            f"images must be at least {MIN_INPUT}x{MIN_INPUT} (the network's {POOL5_SIZE}x"
-            f"{POOL5_SIZE} window at stride {STRIDE}), got {h}x{w}"
+            f"images must be at least {min_h}x{min_w} (the network's {p_h}x{p_w} window at "
+            f"stride {STRIDE}), got {h}x{w}"
         )

@@ -1,10 +1,12 @@
 """Class-score heatmaps: spread a score map back over the image it came from, and colour it.
 
-Score-map cell (i, j) is the classifier applied to the 224x224 window whose top-left corner is
-(32i, 32j); neighbouring windows overlap by all but 32 pixels, so a pixel is seen by up to 7x7
-cells. A pixel's value is the MEAN probability of the cells whose windows cover it. The max
-would paint a confident cell's whole 224x224 window at its peak, hiding where inside it the
-evidence is; the mean peaks where covering windows agree, which localizes to 32-pixel blocks.
+Score-map cell (i, j) is the classifier applied to the window whose top-left corner is
+(32i, 32j): 7x7 blocks of 32 pixels (224x224) for a stock VGG, p_h x p_w blocks for a network
+built for another size (`FCN.window`). Neighbouring windows overlap by all but 32 pixels, so a
+pixel is seen by up to 7x7 cells. A pixel's value is the MEAN probability of the cells whose
+windows cover it. The max would paint a confident cell's whole window at its peak, hiding where
+inside it the evidence is; the mean peaks where covering windows agree, which localizes to
+32-pixel blocks.
 Pixels no window covers (the bottom/right remainder when a side is not a multiple of 32) get
 value 0 and are left as they are in the image: no evidence is not evidence of absence.
 
@@ -22,8 +24,8 @@ from .arch import POOL5_SIZE, STRIDE
 from .errors import VggfcnError
 from .images import require_pillow
 
-#: Side of a cell's window in STRIDE-sized blocks: 7 blocks of 32 = 224 pixels.
-WINDOW_BLOCKS = POOL5_SIZE
+#: A stock VGG cell's window in STRIDE-sized blocks: 7x7 blocks of 32 = 224x224 pixels.
+WINDOW_BLOCKS = (POOL5_SIZE, POOL5_SIZE)
 
 #: Colour-map anchors (value, R, G, B): matplotlib's "inferno" sampled at 0, 1/4, 1/2, 3/4, 1
 #: and interpolated linearly. Its brightness rises monotonically, so the map reads correctly in
@@ -40,39 +42,31 @@ COLORMAP = np.array(
 )
 
 
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Probabilities from logits along `axis`: float64 inside, float32 out.
-
-    The max is subtracted first, so logits like 1000 do not overflow exp().
-
-    >>> softmax(np.array([1000.0, 1000.0])).tolist()
-    [0.5, 0.5]
-    """
-    x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    probs: np.ndarray = (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
-    return probs
-
-
-def pixel_scores(cell_probs: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_scores(
+    cell_probs: np.ndarray,
+    height: int,
+    width: int,
+    window: tuple[int, int] = WINDOW_BLOCKS,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel mean probability of the windows covering each pixel, and which pixels any covers.
 
     Args:
         cell_probs: (h, w) probabilities of one class, the score map of a height x width input.
-        height, width: the input's size; the map must be (height//32 - 6, width//32 - 6).
+        height, width: the input's size; the map must be (height//32 - p_h + 1, ...).
+        window: (p_h, p_w), a cell's window in blocks of 32 pixels.
     Returns:
         (values, covered): (height, width) float32 in [0, 1] (0 where uncovered) and bool.
     Raises:
         VggfcnError: the map does not belong to an input of this size, or holds values
             outside [0, 1] (logits instead of probabilities?).
     """
-    _check_cells(cell_probs, height, width)
+    _check_cells(cell_probs, height, width, window)
     h, w = cell_probs.shape
-    bh, bw = h + WINDOW_BLOCKS - 1, w + WINDOW_BLOCKS - 1  # blocks covered by some window
+    bh, bw = h + window[0] - 1, w + window[1] - 1  # blocks covered by some window
     total = np.zeros((bh, bw))
     count = np.zeros((bh, bw))
-    for di in range(WINDOW_BLOCKS):  # cell (i, j) covers blocks i..i+6 x j..j+6
-        for dj in range(WINDOW_BLOCKS):
+    for di in range(window[0]):  # cell (i, j) covers blocks i..i+p_h-1 x j..j+p_w-1
+        for dj in range(window[1]):
             total[di : di + h, dj : dj + w] += cell_probs
             count[di : di + h, dj : dj + w] += 1
     blocks = total / count
@@ -83,13 +77,20 @@ def pixel_scores(cell_probs: np.ndarray, height: int, width: int) -> tuple[np.nd
     return values, covered
 
 
-def overlay(image_rgb: np.ndarray, cell_probs: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image_rgb: np.ndarray,
+    cell_probs: np.ndarray,
+    *,
+    alpha: float = 0.5,
+    window: tuple[int, int] = WINDOW_BLOCKS,
+) -> np.ndarray:
     """The image with one class's probabilities blended over it as a colour map.
 
     Args:
         image_rgb: (H, W, 3) uint8 RGB, the image the score map was computed from.
-        cell_probs: (H//32 - 6, W//32 - 6) probabilities of one class.
+        cell_probs: (H//32 - p_h + 1, W//32 - p_w + 1) probabilities of one class.
         alpha: weight of the colour map where windows cover the image (0 = image only).
+        window: (p_h, p_w), a cell's window in blocks of 32 pixels.
     Returns:
         (H, W, 3) uint8; pixels no window covers are the image's own.
     Raises:
@@ -102,7 +103,7 @@ def overlay(image_rgb: np.ndarray, cell_probs: np.ndarray, *, alpha: float = 0.5
         )
     if not 0.0 <= alpha <= 1.0:
         raise VggfcnError(f"overlay alpha must be in [0, 1], got {alpha}")
-    values, covered = pixel_scores(cell_probs, image_rgb.shape[0], image_rgb.shape[1])
+    values, covered = pixel_scores(cell_probs, image_rgb.shape[0], image_rgb.shape[1], window)
     blend = np.where(covered, np.float32(alpha), np.float32(0))[..., np.newaxis]
     mixed = (1 - blend) * image_rgb + blend * _colorize(values)
     out: np.ndarray = np.rint(mixed).clip(0, 255).astype(np.uint8)
@@ -127,12 +128,12 @@ def _colorize(values: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(values, anchors, COLORMAP[:, c]) for c in (1, 2, 3)], axis=-1)
 
 
-def _check_cells(cell_probs: np.ndarray, height: int, width: int) -> None:
-    expected = (height // STRIDE - WINDOW_BLOCKS + 1, width // STRIDE - WINDOW_BLOCKS + 1)
+def _check_cells(cell_probs: np.ndarray, height: int, width: int, window: tuple[int, int]) -> None:
+    expected = (height // STRIDE - window[0] + 1, width // STRIDE - window[1] + 1)
     if expected[0] < 1 or expected[1] < 1:
         raise VggfcnError(
-            f"a {height}x{width} image is smaller than one {WINDOW_BLOCKS * STRIDE}x"
-            f"{WINDOW_BLOCKS * STRIDE} window; it has no score map to overlay"
+            f"a {height}x{width} image is smaller than one {window[0] * STRIDE}x"
+            f"{window[1] * STRIDE} window; it has no score map to overlay"
         )
     if cell_probs.shape != expected:
         raise VggfcnError(

@@ -29,12 +29,14 @@ def class_names() -> list[str]:
     return list(_names())
 
 
-def class_index(name_or_index: str, classes: int) -> int:
-    """The class a user named, by index ("281") or by ImageNet name ("tabby", "Tabby").
+def class_index(name_or_index: str, classes: int, labels: list[str] | None = None) -> int:
+    """The class a user named, by index ("281"), by ImageNet name ("tabby", "Tabby") or by a
+    name from the network's own `labels` (`--labels FILE`).
 
     Args:
         name_or_index: a decimal index, or a class name (case-insensitive).
-        classes: the network's class count; names need the 1000 ImageNet classes.
+        classes: the network's class count; ImageNet names need the 1000 ImageNet classes.
+        labels: the network's class names, when it has its own.
     Raises:
         VggfcnError: index out of range, a name for a non-ImageNet network, an unknown name
             (with close matches suggested) or a name that matches two classes but for case.
@@ -45,12 +47,14 @@ def class_index(name_or_index: str, classes: int) -> int:
     text = name_or_index.strip()
     if _INTEGER.fullmatch(text):
         return _checked_index(int(text), classes)
+    if labels is not None:
+        return _index_of_name(text, tuple(labels))
     if classes != IMAGENET_CLASSES:
         raise VggfcnError(
             f"class {text!r}: names are known only for the {IMAGENET_CLASSES} ImageNet classes; "
-            f"this network has {classes}, give an index 0..{classes - 1}"
+            f"this network has {classes}, give an index 0..{classes - 1} (or --labels FILE)"
         )
-    return _index_of_name(text)
+    return _index_of_name(text, _names())
 
 
 def label(index: int, classes: int) -> str:
@@ -82,8 +86,7 @@ def _checked_index(index: int, classes: int) -> int:
     return index
 
 
-def _index_of_name(name: str) -> int:
-    names = _names()
+def _index_of_name(name: str, names: tuple[str, ...]) -> int:
     if name in names:
         return names.index(name)
     folded = name.casefold()
@@ -93,7 +96,8 @@ def _index_of_name(name: str) -> int:
     if hits:
         options = ", ".join(f"{names[i]!r} ({i})" for i in hits)
         raise VggfcnError(f"class {name!r} is ambiguous: {options}; give the exact case or index")
-    raise VggfcnError(f"unknown ImageNet class {name!r}{_suggestion(folded, names)}")
+    kind = "ImageNet class" if names is _names() else "class"
+    raise VggfcnError(f"unknown {kind} {name!r}{_suggestion(folded, names)}")
 
 
 def _suggestion(folded: str, names: tuple[str, ...]) -> str:
@@ -103,6 +107,6 @@ def _suggestion(folded: str, names: tuple[str, ...]) -> str:
         by_folded.setdefault(n.casefold(), []).append(i)
     close = difflib.get_close_matches(folded, list(by_folded), n=3, cutoff=0.6)
     if not close:
-        return f"; give a name from the ImageNet list or an index 0..{len(names) - 1}"
+        return f"; give a name from the class list or an index 0..{len(names) - 1}"
     hits = [i for c in close for i in by_folded[c]]
     return "; did you mean " + ", ".join(f"{names[i]!r} ({i})" for i in hits) + "?"

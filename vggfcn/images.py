@@ -15,12 +15,10 @@ import numpy as np
 
 from .arch import MIN_INPUT
 from .errors import FormatError, VggfcnError
+from .formats.detect import NPY_MAGIC
 
 if TYPE_CHECKING:
     from PIL import Image
-
-#: The first bytes of every .npy file (numpy `lib/format.py`, MAGIC_PREFIX).
-NPY_MAGIC = b"\x93NUMPY"
 
 #: ImageNet channel means in BGR order, subtracted by Keras `imagenet_utils.preprocess_input`
 #: in its default "caffe" mode (the mode of Keras' VGG16/VGG19), after flipping RGB to BGR.
@@ -91,7 +89,9 @@ def preprocess_image(rgb_uint8: np.ndarray, mode: str) -> np.ndarray:
     return x
 
 
-def load_input(path: str, preprocess: str) -> np.ndarray:
+def load_input(
+    path: str, preprocess: str, minimum: tuple[int, int] = (MIN_INPUT, MIN_INPUT)
+) -> np.ndarray:
     """Network input from an image file or a .npy array: (N, H, W, 3) float32.
 
     A file starting with the .npy magic is an array of already-preprocessed pixels, (H, W, 3)
@@ -100,7 +100,7 @@ def load_input(path: str, preprocess: str) -> np.ndarray:
 
     Raises:
         VggfcnError: unknown mode, preprocessing asked for an array, input smaller than
-            224x224, or Pillow missing for an image.
+            `minimum` (the network's window), or Pillow missing for an image.
         FormatError: unreadable file, object array, wrong dtype or shape.
     """
     _check_mode(preprocess)
@@ -108,7 +108,7 @@ def load_input(path: str, preprocess: str) -> np.ndarray:
         batch = _load_array(path, preprocess)
     else:
         batch = preprocess_image(load_image(path), preprocess)[np.newaxis]
-    check_size(path, batch.shape[1], batch.shape[2])
+    check_size(path, batch.shape[1], batch.shape[2], minimum)
     return batch
 
 
@@ -194,9 +194,12 @@ def _as_batch(path: str, array: np.ndarray) -> np.ndarray:
     return batch
 
 
-def check_size(path: str, height: int, width: int) -> None:
-    if height < MIN_INPUT or width < MIN_INPUT:
+def check_size(
+    path: str, height: int, width: int, minimum: tuple[int, int] = (MIN_INPUT, MIN_INPUT)
+) -> None:
+    """Refuse an input smaller than the network's window (`FCN.min_input`)."""
+    if height < minimum[0] or width < minimum[1]:
         raise VggfcnError(
             f"{path}: input is {height}x{width} (HxW); the network needs at least "
-            f"{MIN_INPUT}x{MIN_INPUT}"
+            f"{minimum[0]}x{minimum[1]}"
         )

@@ -31,8 +31,11 @@ def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
 
 
 def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
-    """float32 values of bfloat16 bit patterns (exact: every bfloat16 is a float32)."""
-    return (np.asarray(bits).view("<u2").astype(np.uint32) << np.uint32(16)).view("<f4")
+    """float32 values of bfloat16 bit patterns (exact: every bfloat16 is a float32), given as
+    integers of either byte order or as opaque 2-byte values (Keras' HDF5 storage)."""
+    bits = np.asarray(bits)
+    words = bits.view("<u2") if bits.dtype.kind == "V" else bits.astype("<u2", copy=False)
+    return (words.astype(np.uint32) << np.uint32(16)).view("<f4")
 
 
 def encode(block: np.ndarray, dtype: str, where: str) -> np.ndarray:

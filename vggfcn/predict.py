@@ -1,8 +1,9 @@
-"""Dense prediction: the fully-convolutional network on inputs of any size >= 224.
+"""Dense prediction: the fully-convolutional network on inputs of any size >= its window.
 
-Cell (i, j) of the score map is the classifier applied to the 224x224 input window whose
-top-left corner is (32i, 32j) — `verify` proves that, cell by cell. This module runs the network
-on user inputs and shapes the answer: logits, per-cell top-k, one class's probability map.
+Cell (i, j) of the score map is the classifier applied to the input window (the size the
+classifier was built for, 224x224 for stock VGGs) whose top-left corner is (32i, 32j) — `verify`
+proves that, cell by cell, at the level of pool5. This module runs the network on user inputs
+and shapes the answer: logits, per-cell top-k, one class's probability map.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import forward, imagenet
-from .arch import MIN_INPUT, STRIDE
+from .arch import STRIDE
 from .convert import to_fcn
-from .heatmap import softmax
-from .weights import VGGWeights
+from .fcn import FCN
+from .graph import SourceGraph
 
 
 @dataclass(frozen=True)
@@ -39,17 +40,37 @@ class Cell:
     top: tuple[Guess, ...]
 
 
-def score_map(weights: VGGWeights, images: np.ndarray) -> np.ndarray:
-    """Logit map (N, H//32 - 6, W//32 - 6, classes) of (N, H, W, C) preprocessed images.
+def as_fcn(network: SourceGraph | FCN) -> FCN:
+    """A converted network as it is; an original classifier converted on the fly (in memory,
+    nothing written)."""
+    return network if isinstance(network, FCN) else to_fcn(network)
 
-    An original classifier is converted on the fly (in memory, nothing written).
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Probabilities from logits along `axis`: float64 inside, float32 out.
+
+    The max is subtracted first, so logits like 1000 do not overflow exp().
+
+    >>> softmax(np.array([1000.0, 1000.0])).tolist()
+    [0.5, 0.5]
     """
-    fcn = weights if weights.convolutional_head else to_fcn(weights)
+    x = np.asarray(logits, dtype=np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    probs: np.ndarray = (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    return probs
+
+
+def score_map(fcn: FCN, images: np.ndarray) -> np.ndarray:
+    """Logit map (N, H//32 - p_h + 1, W//32 - p_w + 1, classes) of (N, H, W, C) preprocessed
+    images, p_h x p_w being the network's window (`FCN.window`: 7x7 for stock VGGs)."""
     return forward.logits(fcn, images)
 
 
-def top_cells(scores: np.ndarray, k: int) -> list[Cell]:
-    """The top-k classes of every cell, with ImageNet names for 1000-class networks."""
+def top_cells(
+    scores: np.ndarray, k: int, window: tuple[int, int], labels: list[str] | None = None
+) -> list[Cell]:
+    """The top-k classes of every cell: names from `labels`, else ImageNet names for
+    1000-class networks. `window` is the input size each cell sees (`FCN.min_input`)."""
     n, h, w, classes = scores.shape
     k = min(k, classes)
     probabilities = softmax(scores, axis=-1)
@@ -61,14 +82,15 @@ def top_cells(scores: np.ndarray, k: int) -> list[Cell]:
                 top = tuple(
                     Guess(
                         int(c),
-                        imagenet.label(int(c), classes),
+                        labels[int(c)] if labels else imagenet.label(int(c), classes),
                         float(scores[i, y, x, c]),
                         float(probabilities[i, y, x, c]),
                     )
                     for c in order[i, y, x]
                 )
-                window = (y * STRIDE, x * STRIDE, y * STRIDE + MIN_INPUT, x * STRIDE + MIN_INPUT)
-                cells.append(Cell(i, y, x, window, top))
+                corner = (y * STRIDE, x * STRIDE)
+                box = (*corner, corner[0] + window[0], corner[1] + window[1])
+                cells.append(Cell(i, y, x, box, top))
     return cells
 
 

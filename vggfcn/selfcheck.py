@@ -13,9 +13,10 @@ import numpy as np
 
 from . import forward
 from .convert import to_fcn
+from .fcn import FCN
 from .synthetic import TINY, random_classifier
+from .tensor import F32, Tensor
 from .verify import verify
-from .weights import F32, Layer, Tensor, VGGWeights
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,13 @@ def direct_conv2d(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, *, same: 
     return out
 
 
-def fc6_read_as_chw(fcn: VGGWeights) -> VGGWeights:
+def fc6_read_as_chw(fcn: FCN) -> FCN:
     """The classic conversion bug: fc6 rows treated as (C, H, W) when they are (H, W, C)."""
     fc6 = fcn.head[0]
     h, w, c, f = fc6.kernel.shape
     wrong = fc6.kernel.read().reshape(c, h, w, f).transpose(1, 2, 0, 3)
     kernel = Tensor.wrap(np.ascontiguousarray(wrong), fc6.kernel.where)
-    return replace(fcn, head=(Layer(fc6.name, kernel, fc6.bias, fc6.file_name), *fcn.head[1:]))
+    return replace(fcn, head=(replace(fc6, kernel=kernel), *fcn.head[1:]))
 
 
 def seed_example() -> Check:
@@ -55,11 +56,11 @@ def seed_example() -> Check:
     w = np.array([[0, 1, 1], [2, 3, 5]], dtype=F32).T  # (in, out)
     b = np.array([8, 13], dtype=F32)
     x = np.array([[1, 2, 3]], dtype=F32)
-    as_dense = forward.relu(forward.dense(x, w, b))[0]
+    as_dense = np.maximum(x @ w + b, 0)[0]
     image = np.random.default_rng(1).uniform(-3, 3, (1, 5, 4, 3)).astype(F32)
     image[0, 0, 0] = x[0]
-    as_conv = forward.relu(forward.conv2d(image, w.reshape(1, 1, 3, 2), b, same=False))
-    per_pixel = forward.relu(forward.dense(image.reshape(-1, 3), w, b)).reshape(1, 5, 4, 2)
+    as_conv = forward.conv2d(image, w.reshape(1, 1, 3, 2), b, same=False, relu=True)
+    per_pixel = np.maximum(image.reshape(-1, 3) @ w + b, 0).reshape(1, 5, 4, 2)
     ok = (
         as_dense.tolist() == [13.0, 36.0]
         and as_conv[0, 0, 0].tolist() == [13.0, 36.0]

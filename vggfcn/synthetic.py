@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arch import HEAD_NAMES, Arch
-from .weights import RawLayer, SourceInfo, Tensor, VGGWeights, assemble
+from .arch import Arch
+from .fcn import head_name
+from .graph import (
+    Activation,
+    Conv,
+    Dense,
+    Flatten,
+    InputSpec,
+    Op,
+    Provenance,
+    SourceGraph,
+    vgg_trunk,
+)
+from .tensor import Tensor
 
 #: A VGG16-topology network small enough to run in milliseconds; used by the self-check.
 TINY = Arch.from_blocks("vgg16", (4, 8, 8, 16, 16), (32, 32), 10)
@@ -21,8 +33,9 @@ def random_layers(arch: Arch, seed: int = 0) -> list[tuple[str, np.ndarray, np.n
     """(name, kernel, bias) in model order; kernels HWIO and (in, out), fc6 rows in HWC order."""
     rng = np.random.default_rng(seed)
     shapes = [*arch.conv_shapes(), *arch.dense_shapes()]
+    names = [*arch.conv_names, *(head_name(i) for i in range(3))]
     layers = []
-    for name, shape in zip([*arch.conv_names, *HEAD_NAMES], shapes, strict=True):
+    for name, shape in zip(names, shapes, strict=True):
         fan_in = int(np.prod(shape[:-1]))
         kernel = rng.standard_normal(shape, dtype=np.float32)
         kernel *= np.float32(np.sqrt(2.0 / fan_in))
@@ -33,13 +46,23 @@ def random_layers(arch: Arch, seed: int = 0) -> list[tuple[str, np.ndarray, np.n
     return layers
 
 
-def random_classifier(arch: Arch = TINY, seed: int = 0) -> VGGWeights:
-    """An in-memory classifier (dense head) with `random_layers` weights."""
-    raws = [
-        RawLayer(
-            name, Tensor.wrap(k, f"<random>:{name}.kernel"), Tensor.wrap(b, f"<random>:{name}.bias")
-        )
+def random_classifier(arch: Arch = TINY, seed: int = 0) -> SourceGraph:
+    """An in-memory Keras-style classifier (HWIO convs, HWC flatten, (in, out) dense kernels)
+    with `random_layers` weights, its input size known (224x224)."""
+    layers = [
+        (name, Tensor.wrap(k, f"<random>:{name}.kernel"), Tensor.wrap(b, f"<random>:{name}.bias"))
         for name, k, b in random_layers(arch, seed)
     ]
     n = len(arch.conv_widths)
-    return assemble(raws[:n], raws[n:], SourceInfo("<random>", "memory", "synthetic", None, "HWC"))
+    convs = [Conv(name, k, b, "HWIO") for name, k, b in layers[:n]]
+    ops: list[Op] = [*vgg_trunk(convs, arch.plan), Flatten("flatten", "HWC")]
+    for i, (name, k, b) in enumerate(layers[n:]):
+        ops.append(Dense(name, k, b, "IO"))
+        if i < 2:
+            ops.append(Activation(f"{name} relu", "relu"))
+    return SourceGraph(
+        ops=tuple(ops),
+        input=InputSpec(size=(224, 224), size_from="file"),
+        output_activation="unknown",
+        provenance=Provenance(path="<random>", format="memory", generation="synthetic"),
+    )

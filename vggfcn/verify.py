@@ -1,8 +1,11 @@
 """The proof: the original classifier and its converted twin agree on the same inputs.
 
 A wrong conversion still has the right shapes (a channels-first fc6 read as channels-last is a
-permutation of the same numbers), so only outputs can tell. Both networks run through the same
-reference forward pass on the same deterministic images, and their logits are compared with
+permutation of the same numbers), so only outputs can tell. The original runs through the
+referee, op by op as its file defines it (`referee`); the converted network runs from the
+converted file (`forward`). The two share the convolution GEMM and nothing of the readers' or
+compile's axis handling, so a wrong normalisation anywhere shows up here as a mismatch. Their
+logits are compared with
 
     |fcn - ref| <= atol * max(1, max|ref|) + rtol * |ref|
 
@@ -18,10 +21,13 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import forward
-from .arch import MIN_INPUT, POOL5_SIZE
-from .errors import ArchitectureError
-from .weights import Tensor, VGGWeights
+from . import forward, referee
+from .arch import STRIDE
+from .errors import ArchitectureError, VggfcnError
+from .fcn import FCN
+from .graph import Conv, Dense, MaxPool, OutputActivation, SourceGraph, pool5_side
+from .shapes import block_plan, in_out
+from .tensor import Tensor
 
 #: float32 sums of up to 25 088 products, in a different order, drift by ~1e-6 of the scale;
 #: a wrong flatten order is off by O(1). 1e-4 sits two decades above the first and four
@@ -59,7 +65,7 @@ class SpatialCheck:
 
 
 @dataclass(frozen=True)
-class VerifyReport:
+class VerifyResult:
     """What verify measured; `passed` is the verdict over every check."""
 
     arch: str
@@ -67,7 +73,7 @@ class VerifyReport:
     images: int
     probes: int  # random pool5 volumes fed to both heads besides the images' own
     seed: int
-    size: int
+    input_size: tuple[int, int]  # the size the original was built for: the whole-network check
     max_abs_error: float
     scale: float  # max(1, max |reference logit|)
     max_scaled_error: float  # max_abs_error / scale
@@ -76,7 +82,7 @@ class VerifyReport:
     spatial: tuple[SpatialCheck, ...]
     atol: float
     rtol: float
-    softmax: str  # whether the original's last layer had a softmax (compared: logits before it)
+    output_activation: OutputActivation  # what the original applies after the logits compared
     precision: str  # storage dtype of the converted network, which sets the default tolerance
     trunk_shared: bool  # trunk weights bit-identical, so each pool5 was computed once for both
     passed: bool
@@ -85,97 +91,104 @@ class VerifyReport:
         return asdict(self)
 
 
-def sample_images(count: int, seed: int, size: int = MIN_INPUT, channels: int = 3) -> np.ndarray:
-    """Deterministic (count, size, size, channels) float32 inputs for a given seed."""
+def sample_images(
+    count: int, seed: int, size: int | tuple[int, int] = 224, channels: int = 3
+) -> np.ndarray:
+    """Deterministic (count, H, W, channels) float32 inputs for a given seed."""
+    h, w = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
-    return rng.uniform(-PIXEL_RANGE, PIXEL_RANGE, (count, size, size, channels)).astype(np.float32)
+    return rng.uniform(-PIXEL_RANGE, PIXEL_RANGE, (count, h, w, channels)).astype(np.float32)
+
+
+def default_sizes(original: SourceGraph) -> tuple[int, ...]:
+    """The spatial check's default: the input side whose pool5 gives a 3x3 map of windows."""
+    window = max(_window(original))
+    return ((window + 2) * STRIDE,)
 
 
 # A non-finite reference is reported as one clear error (`_require_finite`) and a non-finite
 # candidate fails the comparison: NumPy's RuntimeWarnings on the way there would be noise.
 @np.errstate(over="ignore", invalid="ignore")
 def verify(
-    original: VGGWeights,
-    converted: VGGWeights,
+    original: SourceGraph,
+    converted: FCN,
     *,
     images: int = 1,
     probes: int = 8,
-    sizes: Sequence[int] = (288,),
+    sizes: Sequence[int] | None = None,
     seed: int = 0,
     atol: float | None = None,
     rtol: float | None = None,
-) -> VerifyReport:
+) -> VerifyResult:
     """Compare the original classifier and the converted network.
 
-    At 224x224 the two must give the same logits. At each larger size in `sizes` (288 gives a
-    3x3 map), every cell (i, j) of the converted network's map must equal the original
-    classifier applied to the matching 7x7 window of pool5 — exactly, up to float rounding.
+    At the input size the original was built for, the two must give the same logits. At each
+    larger size in `sizes` (default: the size that gives a 3x3 map), every cell (i, j) of the
+    converted network's map must equal the original classifier applied to the matching window
+    of pool5 — exactly, up to float rounding.
 
     Args:
-        images: deterministic 224x224 inputs run through both whole networks.
+        original: the classifier's source graph, checked (`formats.load` gives one).
+        converted: the fully-convolutional network, as read from the converted file.
+        images: deterministic inputs run through both whole networks.
         probes: extra random pool5 volumes run through both heads.
-        sizes: input sides for the spatial check (>= 224; 224 itself adds nothing).
+        sizes: square input sides for the spatial check (those above the native size count).
         seed: seed of the images and probes.
         atol, rtol: the tolerance rule in the module docstring; by default the converted
             network's precision picks them (`TOLERANCES`).
 
     Raises:
-        ArchitectureError: the two are not the same architecture, or are the wrong way round.
+        ArchitectureError: the two are not the same architecture, or the original's
+            activations are not finite.
     """
-    _check_pair(original, converted)
-    default_atol, default_rtol = TOLERANCES.get(converted.source.precision, (ATOL, RTOL))
+    native = _check_pair(original, converted)
+    # Each tensor is read from disk once. The trunks (a tenth of the model) stay in memory for
+    # every input size; each head layer is read, applied to all its inputs and dropped.
+    original, converted = _trunk_in_memory(original), _fcn_trunk_in_memory(converted)
+    default_atol, default_rtol = TOLERANCES.get(converted.info.precision, (ATOL, RTOL))
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
-    channels = original.arch.in_channels
-    # Each tensor is read from disk once. The trunks (a tenth of the model) stay mapped for
-    # every input size; each head layer is read, applied to all its inputs and dropped, so the
-    # peak holds one fc6, not two.
-    original, converted = trunk_in_memory(original), trunk_in_memory(converted)
-    # The trunk is the same function of the same weights in both networks: when the converted
-    # file holds bit-identical trunk tensors, its pool5 *is* the original's, and running it again
-    # would prove nothing and double the cost. Any difference and it runs on its own weights.
+    # The trunk is the same function of the same weights in both networks when the converted
+    # file holds, bit for bit, the trunk the referee reads from the original: then its pool5
+    # *is* the original's, and running it again would prove nothing and double the cost.
     shared = trunks_identical(original, converted)
-    if shared:
-        converted = replace(converted, trunk=original.trunk)  # one copy in memory, not two
-
-    big_sizes = sorted({s for s in sizes if s > MIN_INPUT})
+    window = _window(original)
+    big_sizes = _spatial_sizes(original, native, sizes)
+    channels = original.input.channels
     inputs = [sample_images(1, seed, s, channels) for s in reversed(big_sizes)]  # largest first
-    inputs.append(sample_images(images, seed, MIN_INPUT, channels))
+    inputs.append(sample_images(images, seed, native, channels))
     *big_pool5s, (pool5, fcn_pool5) = _pool5s(original, converted, shared, inputs)
     _require_finite(pool5, original)
     # Probes: random non-negative pool5 volumes on the activations' scale, through both heads.
     # Cheap (no trunk), and they reach the fc6 weights that one image's zero activations hide.
     extra = pool5_probes(probes, seed, pool5)
-    volumes = [pool5, extra]  # every 7x7 volume the original's dense head must see
+    volumes = [pool5, extra]  # every pool5 window the original's head must see
     fcn_inputs = [np.concatenate([fcn_pool5, extra])]
     for big, fcn_big in reversed(big_pool5s):  # back to big_sizes' (ascending) order
         fcn_inputs.append(fcn_big)
-        windows = sliding_window_view(big[0], (POOL5_SIZE, POOL5_SIZE), axis=(0, 1))
-        volumes.append(
-            windows.transpose(0, 1, 3, 4, 2).reshape(-1, POOL5_SIZE, POOL5_SIZE, big.shape[-1])
-        )
-    candidate, *big_maps = forward.fcn_heads(converted, fcn_inputs)
-    maps = [(size, m[0]) for size, m in zip(big_sizes, big_maps, strict=True)]
-    # One call of the dense head for all volumes: its 400 MB fc6 is read once.
-    reference = forward.classifier_head(original, np.concatenate(volumes))
+        windows = sliding_window_view(big[0], window, axis=(0, 1))
+        volumes.append(windows.transpose(0, 1, 3, 4, 2).reshape(-1, *window, big.shape[-1]))
+    candidate, *big_maps = forward.heads(converted, fcn_inputs)
+    # One pass of the original's head for all volumes: its largest kernel is read once.
+    reference = referee.head(original, np.concatenate(volumes))
     _require_finite(reference, original)
     first = images + probes
     main = compare(reference[:first], candidate.reshape(first, -1), atol, rtol)
     spatial, start = [], first
-    for size, score_map in maps:
-        h, w, k = score_map.shape
+    for size, score_map in zip(big_sizes, big_maps, strict=True):
+        _, h, w, k = score_map.shape
         per_window = reference[start : start + h * w]
         start += h * w
         agreement = compare(per_window, score_map.reshape(h * w, k), atol, rtol)
         spatial.append(SpatialCheck(size, (h, w), agreement))
 
-    return VerifyReport(
-        arch=original.arch.name,
-        classes=original.arch.classes,
+    return VerifyResult(
+        arch=converted.name,
+        classes=converted.classes,
         images=images,
         probes=probes,
         seed=seed,
-        size=MIN_INPUT,
+        input_size=native,
         max_abs_error=main.max_abs_error,
         scale=main.scale,
         max_scaled_error=main.max_scaled_error,
@@ -184,25 +197,45 @@ def verify(
         spatial=tuple(spatial),
         atol=atol,
         rtol=rtol,
-        softmax=original.source.softmax_label,
-        precision=converted.source.precision,
+        output_activation=original.output_activation,
+        precision=converted.info.precision,
         trunk_shared=shared,
         passed=main.passed and all(c.agreement.passed for c in spatial),
     )
 
 
+def _spatial_sizes(
+    original: SourceGraph, native: tuple[int, int], sizes: Sequence[int] | None
+) -> list[int]:
+    """The sides to check cell by cell: above the native size (which the main check covers).
+
+    Raises:
+        VggfcnError: a size too small for even one window.
+    """
+    if sizes is None:
+        return list(default_sizes(original))
+    window = _window(original)
+    small = [s for s in sizes if s // STRIDE < max(window)]
+    if small:
+        raise VggfcnError(
+            f"--sizes {small[0]}: smaller than the {window[0] * STRIDE}x{window[1] * STRIDE} "
+            f"window of {original.path}; spatial checks need larger inputs"
+        )
+    return sorted({s for s in sizes if s > max(native)})
+
+
 def _pool5s(
-    original: VGGWeights, converted: VGGWeights, shared: bool, inputs: Sequence[np.ndarray]
+    original: SourceGraph, converted: FCN, shared: bool, inputs: Sequence[np.ndarray]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Both networks' pool5 for each input (computed once when the trunks are shared).
 
     The passes share one set of buffers, largest input first so later passes fit in them; the
-    buffers are gone when this returns, before the heads map their 400 MB fc6.
+    buffers are gone when this returns, before the heads map their largest kernels.
     """
     scratch = forward.Scratch()
     out = []
     for x in inputs:
-        pool5 = forward.trunk(original, x, scratch)
+        pool5 = referee.pool5(original, x, scratch)
         out.append((pool5, pool5 if shared else forward.trunk(converted, x, scratch)))
     return out
 
@@ -226,26 +259,51 @@ def compare(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: flo
     )
 
 
-def _require_finite(values: np.ndarray, network: VGGWeights) -> None:
+def _require_finite(values: np.ndarray, network: SourceGraph) -> None:
     """A reference that overflows float32 proves nothing either way: say so instead."""
     if not np.isfinite(values).all():
         raise ArchitectureError(
-            f"{network.source.path}: the original network's activations are not finite (NaN/Inf) "
+            f"{network.path}: the original network's activations are not finite (NaN/Inf) "
             "on the verification inputs: its weights overflow float32, nothing can be verified"
         )
 
 
-def _check_pair(original: VGGWeights, converted: VGGWeights) -> None:
-    if original.convolutional_head or not converted.convolutional_head:
+def _window(original: SourceGraph) -> tuple[int, int]:
+    """The pool5 window the original's head reads, at the size it was built for."""
+    if original.input.size is None:
+        raise ArchitectureError(f"{original.path}: input size unknown; check the graph first")
+    trunk, _ = original.split()
+    pools = [op for op in trunk if isinstance(op, MaxPool)]
+    return pool5_side(original.input.size[0], pools), pool5_side(original.input.size[1], pools)
+
+
+def _check_pair(original: SourceGraph, converted: FCN) -> tuple[int, int]:
+    """The native input size, once the two are known to be the same architecture."""
+    if not isinstance(original, SourceGraph) or not isinstance(converted, FCN):
         raise ArchitectureError(
-            f"{original.source.path}, {converted.source.path}: expected the original classifier "
-            "first and the converted (fully-convolutional) network second"
+            f"{original.path}, {converted.path}: expected the original classifier first and "
+            "the converted (fully-convolutional) network second"
         )
-    if original.arch != converted.arch:
+    trunk, head = original.split()
+    weighted = [op for op in original.ops if isinstance(op, Conv | Dense)]
+    widths = [dims[1] for op in trunk if isinstance(op, Conv) and (dims := in_out(op))]
+    last = in_out(weighted[-1])
+    ours = (block_plan(trunk), widths, _window(original), last[1] if last else None)
+    theirs = (
+        converted.plan,
+        [layer.out_channels for layer in converted.trunk],
+        converted.window,
+        converted.classes,
+    )
+    if ours != theirs:
+        described = f"convs {widths} reading a {ours[2][0]}x{ours[2][1]} pool5, {ours[3]} classes"
         raise ArchitectureError(
-            f"{converted.source.path}: converted network is {_describe(converted)}, but the "
-            f"original is {_describe(original)}"
+            f"{converted.path}: converted network is {converted.describe()}, but the original "
+            f"is {described}"
         )
+    size = original.input.size
+    assert size is not None  # _window checked it
+    return size
 
 
 def pool5_probes(count: int, seed: int, pool5: np.ndarray) -> np.ndarray:
@@ -256,38 +314,51 @@ def pool5_probes(count: int, seed: int, pool5: np.ndarray) -> np.ndarray:
     return rng.uniform(0.0, max(high, 1e-3), shape).astype(np.float32)
 
 
-def trunk_in_memory(weights: VGGWeights) -> VGGWeights:
-    """The same network with its trunk read into memory, so each trunk tensor is read once."""
-    trunk = tuple(
-        replace(
-            layer,
-            kernel=Tensor.wrap(layer.kernel.read(), layer.kernel.where),
-            bias=Tensor.wrap(layer.bias.read(), layer.bias.where),
-        )
-        for layer in weights.trunk
-    )
-    return replace(weights, trunk=trunk)
-
-
-def trunks_identical(a: VGGWeights, b: VGGWeights) -> bool:
-    """Whether two networks' trunks are the same function: equal tensors bit for bit (NaN payloads
-    included) and no batch norm on either side (a trunk with batch norms is never shared: a file
-    that forgot to fold them must not borrow the original's pool5)."""
-    for x, y in zip(a.trunk, b.trunk, strict=True):
-        if x.norm is not None or y.norm is not None:
-            return False
-        for s, t in ((x.kernel, y.kernel), (x.bias, y.bias)):
-            if s.shape != t.shape or not np.array_equal(
-                s.read().view(np.uint32), t.read().view(np.uint32)
+def trunks_identical(original: SourceGraph, converted: FCN) -> bool:
+    """Whether the converted trunk is the original's, as the referee reads it: the same pools
+    and ReLUs, and equal tensors bit for bit (NaN payloads included). A trunk with batch norms
+    is never shared: a file that forgot to fold them must not borrow the original's pool5."""
+    kernels = referee.trunk_kernels(original)
+    trunk, _ = original.split()
+    if (
+        kernels is None
+        or block_plan(trunk) != converted.plan
+        or len(kernels) != len(converted.trunk)
+        or not all(layer.relu for layer in converted.trunk)
+    ):
+        return False
+    for (kernel, bias), layer in zip(kernels, converted.trunk, strict=True):
+        for ours, theirs in ((kernel, layer.kernel.read()), (bias, layer.bias.read())):
+            if ours.shape != theirs.shape or not np.array_equal(
+                ours.view(np.uint32), theirs.view(np.uint32)
             ):
                 return False
     return True
 
 
+def _trunk_in_memory(graph: SourceGraph) -> SourceGraph:
+    trunk, head = graph.split()
+    ops = tuple(
+        replace(op, kernel=_in_memory(op.kernel), bias=op.bias and _in_memory(op.bias))
+        if isinstance(op, Conv)
+        else op
+        for op in trunk
+    )
+    return replace(graph, ops=ops + head)
+
+
+def _fcn_trunk_in_memory(fcn: FCN) -> FCN:
+    trunk = tuple(
+        replace(layer, kernel=_in_memory(layer.kernel), bias=_in_memory(layer.bias))
+        for layer in fcn.trunk
+    )
+    return replace(fcn, trunk=trunk)
+
+
+def _in_memory(tensor: Tensor) -> Tensor:
+    """The tensor's values read once (in its own shape; the file's layout is kept)."""
+    return Tensor.wrap(tensor.read(), tensor.where)
+
+
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-def _describe(w: VGGWeights) -> str:
-    a = w.arch
-    return f"{a.name} convs {list(a.conv_widths)} head {list(a.head_widths)}"

@@ -1,70 +1,72 @@
-"""Checkpoint formats: detection by content, one reader per format, our safetensors writer.
+"""Checkpoint formats: one reader per format, chosen by the file's first bytes.
 
-A run reads one format, so `load` imports only its reader: a safetensors or `.pth` user does
-not pay h5py's start-up, nor an HDF5 user the zip and pickle machinery.
+Every reader keeps one contract: a module with `open(path)`, a context manager giving the network
+its file holds — a classifier's `SourceGraph` as the file defines it, or, for files vggfcn wrote,
+the `FCN` — with tensors lazy while the file is open. A format is registered once, in `READERS`,
+by a test of its first bytes; a reader's module is imported only when its format is seen, so a
+safetensors user does not pay h5py's start-up, nor an HDF5 user the zip and pickle machinery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
-import numpy as np
+from ..errors import FormatError
+from ..fcn import FCN
+from ..graph import SourceGraph
+from ..shapes import checked
+from . import detect
 
-from ..convert import FORMAT
-from ..weights import Tensor, VGGWeights
-from . import safetensors_io
-from .detect import sniff
+Network = SourceGraph | FCN
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A format: how to recognise it, and the module whose `open(path)` reads it."""
+
+    name: str
+    matches: Callable[[detect.Probe], bool]
+    module: str
+
+
+READERS = (
+    Reader("Keras HDF5", detect.is_hdf5, "keras_h5"),
+    Reader("zip archive (PyTorch .pth, Keras .keras)", detect.is_zip, "archive"),
+    Reader("tensorflow-vgg .npy", detect.is_npy, "npy_file"),
+    Reader("safetensors", detect.is_safetensors, "safetensors_io"),
+)
 
 
 @contextmanager
-def load(path: str) -> Iterator[VGGWeights]:
-    """Open any supported checkpoint as canonical weights; tensors are lazy until read.
+def load(path: str, *, input_size: tuple[int, int] | None = None) -> Iterator[Network]:
+    """Open any supported file: a classifier's source graph (checked, its input size resolved)
+    or a converted network. The file stays open for the `with` block, so tensors can stream.
 
-    The file stays open for the `with` block, so tensors can stream from it.
+    Args:
+        input_size: (H, W) a classifier was built for, when the file does not say (or says
+            wrong); ignored for converted networks.
 
     Example:
-        >>> with load("vgg16_weights_tf_dim_ordering_tf_kernels.h5") as w:
-        ...     print(w.arch.name, w.arch.classes)
-        vgg16 1000
+        >>> with load("vgg16_weights_tf_dim_ordering_tf_kernels.h5") as graph:
+        ...     print(graph.provenance.label, graph.input.size)
+        keras-h5/keras1 (224, 224)
 
     Raises:
         FormatError, ArchitectureError: the file is not a VGG checkpoint we can read.
     """
-    kind = sniff(path)
-    if kind == "hdf5":
-        from . import keras_h5
-
-        with keras_h5.open_file(path) as f:
-            yield keras_h5.read(f, path)
-    elif kind == "safetensors":
-        tensors, meta = safetensors_io.open_tensors(path)
-        if meta.get("format") == FORMAT:
-            from . import fcn_file
-
-            yield fcn_file.read(path, tensors, meta)
-        else:
-            from . import state_dict
-
-            yield state_dict.from_torch(tensors, path, "safetensors")
-    elif kind == "zip":
-        from . import state_dict, torch_zip
-
-        arrays = torch_zip.read_state_dict(path)
-        yield state_dict.from_torch(_wrap(arrays, path), path, "pytorch-zip")
-    else:
-        from . import npy_file, state_dict
-
-        layers = npy_file.read_layer_dict(path)
-        wrapped = {
-            name: [Tensor.wrap(a, f"{path}:{name}[{i}]") for i, a in enumerate(arrays)]
-            for name, arrays in layers.items()
-        }
-        yield state_dict.from_tensorflow_vgg(wrapped, path)
-
-
-def _wrap(arrays: dict[str, np.ndarray], path: str) -> dict[str, Tensor]:
-    """Tensors over a state dict's arrays, dtype unchecked here: the layout reader checks the
-    names first, then the dtype of each tensor it uses (so a `_bn` file's integer
-    `num_batches_tracked`, which nothing uses, is no error)."""
-    return {name: Tensor(a, tuple(a.shape), f"{path}:{name}") for name, a in arrays.items()}
+    found = detect.probe(path)
+    for reader in READERS:
+        if reader.matches(found):
+            module = importlib.import_module(f".{reader.module}", __name__)
+            with module.open(path) as network:
+                if isinstance(network, SourceGraph):
+                    network = checked(network, input_size)
+                yield network
+            return
+    formats = ", ".join(r.name for r in READERS)
+    raise FormatError(
+        f"{path}: unknown format (first bytes {found.head[:8]!r}); expected {formats}"
+    )

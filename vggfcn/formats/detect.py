@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 
 from ..errors import FormatError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
+#: The first bytes of every .npy file (numpy `lib/format.py`, MAGIC_PREFIX).
 NPY_MAGIC = b"\x93NUMPY"
 LFS_POINTER = b"version https://git-lfs"
 #: The safetensors library refuses headers above 100 MB; so do we.
 SAFETENSORS_MAX_HEADER = 100_000_000
 
 
-def sniff(path: str) -> str:
-    """Return "hdf5", "safetensors", "zip" or "npy" for a checkpoint file.
+@dataclass(frozen=True)
+class Probe:
+    """What detection looks at: a file's first bytes and its size."""
+
+    path: str
+    head: bytes
+    size: int
+
+
+def probe(path: str) -> Probe:
+    """The first 64 bytes and size of a file that exists and is not empty.
 
     Raises:
-        FormatError: missing, a directory, empty, a Git LFS pointer, or an unknown format.
+        FormatError: missing, a directory, unreadable, empty, or a Git LFS pointer.
     """
     if not os.path.exists(path):
         raise FormatError(f"{path}: no such file")
@@ -33,21 +44,28 @@ def sniff(path: str) -> str:
         raise FormatError(f"{path}: cannot read ({e.strerror})") from None
     if not head:
         raise FormatError(f"{path}: empty file, expected a checkpoint")
-    if head.startswith(HDF5_MAGIC):
-        return "hdf5"
-    if head.startswith(ZIP_MAGIC):
-        return "zip"
-    if head.startswith(NPY_MAGIC):
-        return "npy"
     if head.startswith(LFS_POINTER):
         raise FormatError(
             f"{path}: is a Git LFS pointer, not the checkpoint itself (run 'git lfs pull')"
         )
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if n <= min(SAFETENSORS_MAX_HEADER, size - 8) and head[8:9] == b"{":
-            return "safetensors"
-    raise FormatError(
-        f"{path}: unknown format (first bytes {head[:8]!r}); expected Keras HDF5, safetensors, "
-        "a PyTorch zip checkpoint (.pth) or a tensorflow-vgg .npy"
-    )
+    return Probe(path, head, size)
+
+
+def is_hdf5(p: Probe) -> bool:
+    return p.head.startswith(HDF5_MAGIC)
+
+
+def is_zip(p: Probe) -> bool:
+    return p.head.startswith(ZIP_MAGIC)
+
+
+def is_npy(p: Probe) -> bool:
+    return p.head.startswith(NPY_MAGIC)
+
+
+def is_safetensors(p: Probe) -> bool:
+    """An 8-byte little-endian header length that fits the file, then a JSON object."""
+    if len(p.head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", p.head[:8])
+    return n <= min(SAFETENSORS_MAX_HEADER, p.size - 8) and p.head[8:9] == b"{"

@@ -25,18 +25,22 @@ caffe-tensorflow's `{'weights': W, 'biases': b}` are returned as `[W, b]` too.
 from __future__ import annotations
 
 import ast
+import builtins
+import contextlib
 import math
 import mmap
 import pickle
 import struct
+from collections.abc import Iterator
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
 from ..errors import FormatError
+from ..graph import SourceGraph
+from ..tensor import Tensor
 from .detect import NPY_MAGIC
-from .pickle_scan import allowed_global, scan_pickle
-from .pickle_scan import printable as _printable
+from .pickle_scan import allowed_global, scan_pickle, unpickle
 from .pickle_scan import show as _show
 
 #: numpy itself refuses headers above 10000 bytes unless told otherwise; so do we.
@@ -50,21 +54,18 @@ _DTYPE_SPECS = frozenset(
 _ENDIANS: dict[str, Literal["<", ">"] | None] = {"<": "<", ">": ">", "=": None, "|": None}
 #: Stands for `numpy.ndarray`; a bare object() cannot be called, changed or built upon.
 _NDARRAY = object()
-#: What a corrupt or hostile pickle can make the unpickler raise once globals are gated.
-_PICKLE_ERRORS = (
-    pickle.UnpicklingError,
-    EOFError,
-    OSError,
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    OverflowError,
-    RecursionError,
-    MemoryError,
-    struct.error,
-)
+
+
+@contextlib.contextmanager
+def open(path: str) -> Iterator[SourceGraph]:  # noqa: A001 (the reader contract's name)
+    """The classifier in a tensorflow-vgg `.npy` (its arrays are in memory: nothing stays open)."""
+    from .state_dict import from_tensorflow_vgg
+
+    layers = {
+        name: [Tensor.wrap(a, f"{path}:{name}[{i}]") for i, a in enumerate(arrays)]
+        for name, arrays in read_layer_dict(path).items()
+    }
+    yield from_tensorflow_vgg(layers, path)
 
 
 def read_layer_dict(path: str) -> dict[str, list[np.ndarray]]:
@@ -84,11 +85,11 @@ def read_layer_dict(path: str) -> dict[str, list[np.ndarray]]:
         [(3, 3, 3, 64), (64,)]
     """
     try:
-        with open(path, "rb") as f:
+        with builtins.open(path, "rb") as f:
             _check_header(path, _read_header(path, f))
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
                 scan_pickle(view, f.tell(), path, "the pickled payload")
-            top = _unpickle(path, f)
+            top = unpickle(_Unpickler(f, path), path, "the pickled payload")
     except OSError as e:
         raise FormatError(f"{path}: cannot read ({e.strerror})") from None
     return _layers(path, top)
@@ -205,17 +206,6 @@ def _check_header(path: str, header: Any) -> None:
             f"{path}: holds an object array of shape {shape!r:.40}; expected a single "
             "pickled {layer: [weights, biases]} dict"
         )
-
-
-def _unpickle(path: str, f: BinaryIO) -> Any:
-    """Run the payload through the gated unpickler, turning every failure into one FormatError."""
-    try:
-        return _Unpickler(f, path).load()
-    except FormatError:
-        raise
-    except _PICKLE_ERRORS as e:
-        detail = _printable(f"{type(e).__name__}: {e}", 200)
-        raise FormatError(f"{path}: the pickled payload is corrupt ({detail})") from None
 
 
 def _array_from_state(path: str, state: Any) -> np.ndarray | list[Any]:

@@ -7,7 +7,9 @@ Shared by the readers of pickled checkpoints (`torch_zip`, `npy_file`): the allo
 from __future__ import annotations
 
 import mmap
+import pickle
 import pickletools
+import struct
 from typing import Any
 
 from ..errors import FormatError
@@ -82,6 +84,34 @@ def _memo_index(name: str, value: bytes) -> int | None:
         return int.from_bytes(value, "little")
     text = value.strip()
     return int(text) if text.isdigit() and len(text) < 20 else None
+
+
+#: What a corrupt or hostile pickle can make a gated unpickler raise.
+PICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    MemoryError,
+    struct.error,
+)
+
+
+def unpickle(unpickler: pickle.Unpickler, path: str, what: str) -> Any:
+    """Run a gated unpickler, turning every failure into one FormatError naming `what`."""
+    try:
+        return unpickler.load()
+    except FormatError:
+        raise
+    except PICKLE_ERRORS as e:
+        detail = printable(f"{type(e).__name__}: {e}", 200)
+        raise FormatError(f"{path}: {what} is corrupt ({detail})") from None
 
 
 def allowed_global(

@@ -10,28 +10,56 @@ compact JSON, header padded with spaces to a multiple of 8.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import json
 import os
 import struct
-from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from ..errors import FormatError
 from ..precision import DTYPES, BFloat16Source, encode
-from ..weights import Tensor
+from ..tensor import Tensor
 from .detect import SAFETENSORS_MAX_HEADER
 from .region import FileRegion
+
+if TYPE_CHECKING:
+    from ..fcn import FCN
+    from ..graph import SourceGraph
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "F32": np.dtype("<f4"),
     "F16": np.dtype("<f2"),
     "F64": np.dtype("<f8"),
     "BF16": np.dtype("<u2"),  # bit patterns, decoded by precision.BFloat16Source
+    # Integers are read so that bookkeeping (`num_batches_tracked`) can be recognised and
+    # skipped; a weight of an integer type is refused where it is used (`Tensor.wrap`).
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
 }
 #: Bytes handed to the OS per write: large enough for full disk speed, small enough for memory.
 BLOCK_BYTES = 16 << 20
+
+
+@contextlib.contextmanager
+def open(path: str) -> Iterator[SourceGraph | FCN]:  # noqa: A001 (the reader contract's name)
+    """A file vggfcn converted (`fcn_file`), or a PyTorch state dict (`state_dict`)."""
+    from . import fcn_file
+
+    tensors, meta = open_tensors(path)
+    if meta.get("format") == fcn_file.FORMAT:
+        yield fcn_file.read(path, tensors, meta)
+        return
+    from . import state_dict
+
+    yield state_dict.from_torch(tensors, path, "safetensors")
 
 
 def header_bytes(
@@ -121,7 +149,7 @@ def read_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
         dtypes, offsets that overlap, leave gaps, or do not cover the file exactly.
     """
     size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with builtins.open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
             raise FormatError(f"{path}: truncated safetensors file (no header length)")
@@ -161,7 +189,8 @@ def read_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
 
 
 def open_tensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Lazy tensors over a validated safetensors file (nothing is read yet).
+    """Lazy tensors over a validated safetensors file (nothing is read yet), their dtypes
+    unchecked: whoever uses one checks it is a float (`Tensor.wrap`).
 
     Each read maps only that tensor's bytes (`FileRegion`), and the map goes when the array
     does: a layer's weights cost memory only while that layer is in use.
@@ -175,7 +204,7 @@ def open_tensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
         )
         if entry["dtype"] == "BF16":
             region = BFloat16Source(region)
-        tensors[name] = Tensor.wrap(region, f"{path}:{name}")
+        tensors[name] = Tensor(region, tuple(entry["shape"]), f"{path}:{name}")
     return tensors, metadata
 
 

@@ -1,14 +1,21 @@
-"""Named-tensor checkpoints (PyTorch state dicts, tensorflow-vgg .npy) into canonical weights.
+"""Named-tensor checkpoints (PyTorch state dicts, tensorflow-vgg .npy) as source graphs.
 
-Every layout is normalised here, so nothing downstream knows where a file came from:
-- torchvision `vgg16`: `features.N.weight` (OIHW), `classifier.{0,3,6}.weight` (out, in);
-  classifier.0's 25 088 columns are in (C, H, W) order, the order torch's flatten reads NCHW.
-- timm `vgg16`: `features.N.*`, `pre_logits.fc1.weight` already a (4096, C, 7, 7) conv kernel,
-  `pre_logits.fc2.weight` (4096, 4096, 1, 1), `head.fc.weight` (classes, 4096).
-- tensorflow-vgg / tensorflow-fcn `vgg16.npy`: `conv1_1` .. `conv5_3` as [HWIO kernel, bias],
-  `fc6` .. `fc8` as [(in, out) kernel, bias], fc6 rows in (H, W, C) order (TF's NHWC flatten).
-Kernels become HWIO and dense kernels (in, out) with fc6 rows in (H, W, C) order through lazy
-permutations (`Tensor.permute`): nothing is read until the tensors are used.
+A state dict holds tensors, not modules: the structure comes from the names, read against the
+layouts people actually save, and every tensor stays as stored (OIHW convs, (out, in) dense):
+
+- torchvision `vgg*`: `features.N.weight|bias` (3x3 convs, `_bn` variants with a BatchNorm2d at
+  N+1), then `classifier.{i}` Linear layers — the stock three (0, 3, 6) or a fine-tuned
+  Sequential of any length — after a channels-first flatten of pool5 (its (C, H, W) order);
+- timm `vgg*`: `features.N.*`, `pre_logits.fc1` a 7x7 conv over pool5, `pre_logits.fc2` a 1x1
+  conv, a global average pool, `head.fc`;
+- all of it under any common prefix (`module.` from DataParallel, `model.` from Lightning, ...),
+  with integer bookkeeping (`num_batches_tracked`) ignored;
+- tensorflow-vgg / tensorflow-fcn `vgg16.npy`: `conv1_1` .. as [HWIO kernel, bias], `fc6` ..
+  `fc8` as [(in, out) kernel, bias] after a channels-last flatten, softmax after fc8.
+
+Modules without weights (ReLU, Dropout, MaxPool) leave no trace in a state dict; where they sit
+is what torchvision and timm build: a ReLU after each conv (after its batch norm), a pool after
+each block, ReLU and Dropout between classifier layers.
 """
 
 from __future__ import annotations
@@ -16,81 +23,102 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from ..arch import PLANS, POOL5_SIZE
+import numpy as np
+
+from ..arch import PLANS, POOL5_SIZE, family_counts
 from ..errors import ArchitectureError, FormatError
-from ..weights import BatchNorm, RawLayer, SourceInfo, Tensor, VGGWeights, assemble, check_names
+from ..graph import (
+    Activation,
+    BatchNorm,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    InputSpec,
+    Op,
+    Provenance,
+    SourceGraph,
+    vgg_trunk,
+)
+from ..tensor import Tensor
+from .names import check_names
 
-OIHW_TO_HWIO = (2, 3, 1, 0)
-TORCHVISION_HEAD = ("classifier.0", "classifier.3", "classifier.6")
-TIMM_HEAD = ("pre_logits.fc1", "pre_logits.fc2", "head.fc")
-TF_HEAD = ("fc6", "fc7", "fc8")
-_FEATURE = re.compile(r"features\.(\d+)\.(weight|bias)")
+_FEATURE = re.compile(r"(.*?)features\.(\d+)\.weight")
+_LAYER = re.compile(r"features\.(\d+)\.(weight|bias|running_mean|running_var)")
+_CLASSIFIER = re.compile(r"classifier\.(?:(\d+)\.)?(weight|bias|running_mean|running_var)")
 _TF_CONV = re.compile(r"conv(\d+)_(\d+)")
-_RUNNING_MEAN = re.compile(r"features\.(\d+)\.running_mean")
-#: torch's BatchNorm2d default; state dicts do not store eps.
+TF_HEAD = ("fc6", "fc7", "fc8")
+TIMM_HEAD = ("pre_logits.fc1", "pre_logits.fc2", "head.fc")
+#: torch's BatchNorm default; state dicts do not store eps.
 TORCH_BN_EPS = 1e-5
+#: What a module between two weighted ones is assumed to be: no state dict records it.
+_ASSUMED = "modules without weights between classifier layers assumed ReLU + Dropout (torchvision)"
 
 
-def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> VGGWeights:
-    """Canonical weights from a torchvision- or timm-layout state dict, `_bn` variants included.
-
-    In a `_bn` VGG each conv `features.N` is followed by a BatchNorm2d `features.N+1`
-    (weight, bias, running_mean, running_var, num_batches_tracked); it is attached to its conv
-    (eps 1e-5: torch's default, which a state dict does not record) and folded by `to_fcn`.
+def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> SourceGraph:
+    """The source graph of a torchvision- or timm-layout state dict, `_bn` variants included.
 
     Raises:
-        FormatError: not a VGG state dict we know.
+        FormatError: not a VGG state dict we know, or two VGG trunks under different prefixes.
         ArchitectureError: missing, unexpected or mis-shaped tensors (all listed at once).
     """
+    tensors = _unprefixed(_without_bookkeeping(tensors), path)
     names = set(tensors)
     if any(n.startswith("pre_logits.") for n in names):
-        generation, head_names = "timm", TIMM_HEAD
+        generation = "timm"
     elif any(n.startswith("classifier.") for n in names):
-        generation, head_names = "torchvision", TORCHVISION_HEAD
+        generation = "torchvision"
     else:
         shown = ", ".join(sorted(names)[:4])
         raise FormatError(
             f"{path}: not a torchvision or timm VGG state dict (found {shown}, ...); expected "
-            "features.N.weight plus classifier.0/3/6 or pre_logits.fc1/fc2 and head.fc"
+            "features.N.weight plus classifier.N.weight or pre_logits.fc1/fc2 and head.fc"
         )
-    norms = {int(m.group(1)) for n in names if (m := _RUNNING_MEAN.fullmatch(n))}
-    indices = sorted({int(m.group(1)) for n in names if (m := _FEATURE.fullmatch(n))} - norms)
-    conv_names = [f"features.{i}" for i in indices]
-    expected = {f"{n}.{p}" for n in [*conv_names, *head_names] for p in ("weight", "bias")}
-    for i in norms:
-        expected |= {f"features.{i}.{p}" for p in ("weight", "bias", "running_mean", "running_var")}
-        if f"features.{i}.num_batches_tracked" in names:
-            expected.add(f"features.{i}.num_batches_tracked")
-    check_names(path, names, expected, _torch_shapes(tensors, conv_names, head_names, generation))
+    norms = {
+        int(m.group(1))
+        for n in names
+        if (m := _LAYER.fullmatch(n)) and m.group(2) == "running_mean"
+    }
+    indices = sorted({int(m.group(1)) for n in names if (m := _LAYER.fullmatch(n))} - norms)
+    convs = [f"features.{i}" for i in indices]
+    linears, norms1d = (list(TIMM_HEAD), []) if generation == "timm" else _classifier(names, path)
+    expected = {f"{n}.{p}" for n in convs for p in ("weight", "bias")}
+    expected |= {f"{n}.weight" for n in linears}
+    if any(f"{n}.bias" in names for n in linears):  # bias-less Linear layers: all, or none
+        expected |= {f"{n}.bias" for n in linears}
+    for n in [*(f"features.{i}" for i in norms), *norms1d]:
+        expected |= {f"{n}.{p}" for p in ("weight", "bias", "running_mean", "running_var")}
+    check_names(path, names, expected, _torch_shapes(tensors, convs, linears, generation))
     if norms and norms != {i + 1 for i in indices}:
         raise ArchitectureError(
             f"{path}: batch norms at features {sorted(norms)} do not each follow a convolution "
             f"(convolutions at {indices})"
         )
-    trunk = [
-        _torch_conv(tensors, n, f"features.{i + 1}" if norms else None)
-        for i, n in zip(indices, conv_names, strict=True)
-    ]
-    if generation == "timm":
-        head = [
-            _torch_fc6_conv(tensors, TIMM_HEAD[0], path),
-            _torch_dense(tensors, TIMM_HEAD[1]),
-            _torch_dense(tensors, TIMM_HEAD[2]),
-        ]
-    else:
-        head = [
-            _torch_fc6_dense(tensors, TORCHVISION_HEAD[0]),
-            _torch_dense(tensors, TORCHVISION_HEAD[1]),
-            _torch_dense(tensors, TORCHVISION_HEAD[2]),
-        ]
-    source = SourceInfo(path, container, generation, False, "CHW", "yes" if norms else "none")
-    return assemble(trunk, head, source)
+    plan = _plan(indices, norms, path)
+    trunk = vgg_trunk(
+        [
+            Conv(n, _float(tensors, f"{n}.weight"), _float(tensors, f"{n}.bias"), "OIHW")
+            for n in convs
+        ],
+        plan,
+        [_torch_norm(tensors, f"features.{i + 1}") if norms else None for i in indices],
+        _pool_names(indices, plan, bool(norms)),
+    )
+    head = _timm_head(tensors) if generation == "timm" else _torchvision_head(tensors, linears)
+    notes = (_ASSUMED,) if generation == "torchvision" and len(linears) > 1 else ()
+    return SourceGraph(
+        ops=tuple(trunk + head),
+        input=InputSpec(channel_order="rgb", preprocessing="torch"),
+        output_activation="linear",
+        provenance=Provenance(path=path, format=container, generation=generation, notes=notes),
+    )
 
 
-def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> VGGWeights:
-    """Canonical weights from a tensorflow-vgg `vgg16.npy` layer dict (HWIO, rows HWC already).
+def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> SourceGraph:
+    """The source graph of a tensorflow-vgg `vgg16.npy` layer dict (HWIO, rows HWC already).
 
-    Its model applies a softmax after fc8 (`prob`); the weights are the logits layer.
+    Its model takes BGR images minus the ImageNet means and applies a softmax after fc8 (`prob`).
     """
     convs = sorted(
         (int(m.group(1)), int(m.group(2)), name)
@@ -104,27 +132,173 @@ def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> VGGWei
     plan = min(plans, key=sum) if plans else tuple(deepest)
     names = [f"conv{b}_{i}" for b, n in enumerate(plan, 1) for i in range(1, n + 1)]
     check_names(path, set(layers), set(names) | set(TF_HEAD))
-    raws = []
+    pairs = {}
     for name in names + list(TF_HEAD):
         params = layers[name]
         if len(params) != 2:
             raise FormatError(f"{path}: layer {name} has {len(params)} arrays, expected [W, b]")
-        raws.append(RawLayer(name, params[0], params[1]))
-    source = SourceInfo(path, "npy", "tensorflow-vgg", True, "HWC")
-    return assemble(raws[: len(names)], raws[len(names) :], source)
+        pairs[name] = (params[0], params[1])
+    ops: list[Op] = vgg_trunk([Conv(n, *pairs[n], "HWIO") for n in names], plan)
+    ops.append(Flatten("flatten", "HWC"))
+    for i, name in enumerate(TF_HEAD):
+        ops.append(Dense(name, *pairs[name], "IO"))
+        if i < len(TF_HEAD) - 1:
+            ops.append(Activation(f"relu{6 + i}", "relu"))
+    return SourceGraph(
+        ops=tuple(ops),
+        input=InputSpec(channel_order="bgr", preprocessing="caffe"),
+        output_activation="softmax",
+        provenance=Provenance(path=path, format="npy", generation="tensorflow-vgg"),
+    )
+
+
+def _without_bookkeeping(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop integer bookkeeping (BatchNorm's `num_batches_tracked`): counters, not weights."""
+    return {
+        name: t
+        for name, t in tensors.items()
+        if not (name.endswith("num_batches_tracked") and np.dtype(t.source.dtype).kind in "iub")
+    }
+
+
+def _unprefixed(tensors: dict[str, Tensor], path: str) -> dict[str, Tensor]:
+    """The VGG's tensors with their common prefix (`module.`, `model.`, ...) removed.
+
+    Tensors outside that prefix belong to something else the checkpoint saved (a loss's class
+    weights, an EMA copy under another name...) and are left out.
+
+    Raises:
+        FormatError: VGG trunks under two different prefixes (which one is meant?).
+    """
+    prefixes = {m.group(1) for n in tensors if (m := _FEATURE.fullmatch(n))}
+    if len(prefixes) > 1:
+        shown = ", ".join(repr(p or "(none)") for p in sorted(prefixes))
+        raise FormatError(
+            f"{path}: holds VGG trunks under several prefixes ({shown}); expected one network"
+        )
+    if not prefixes:
+        return tensors
+    prefix = prefixes.pop()
+    return {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+
+
+def _classifier(names: set[str], path: str) -> tuple[list[str], list[str]]:
+    """(Linear layers, BatchNorm1d layers) of a torchvision `classifier`, in index order.
+
+    A `classifier` that is one Linear (`classifier.weight`) counts as `classifier`. A batch
+    norm must follow a Linear directly (`Linear, BatchNorm1d, ReLU`): elsewhere, a state dict
+    cannot say on which side of the activation it sits.
+    """
+    found = {
+        "classifier" if m.group(1) is None else f"classifier.{m.group(1)}"
+        for n in names
+        if (m := _CLASSIFIER.fullmatch(n))
+    }
+    layers = sorted(found, key=_index)
+    norms = [n for n in layers if f"{n}.running_mean" in names]
+    linears = [n for n in layers if n not in norms]
+    for n in norms:
+        if f"classifier.{_index(n) - 1}" not in linears:
+            raise ArchitectureError(
+                f"{path}: {n} is a batch norm that does not directly follow a Linear layer; "
+                "a state dict cannot say where it sits against the activations"
+            )
+    return linears, norms
+
+
+def _torchvision_head(tensors: Mapping[str, Tensor], layers: list[str]) -> list[Op]:
+    """Flatten (C, H, W), then each Linear; a BatchNorm1d right after one is its own op, and
+    ReLU + Dropout sit between Linear layers, as torchvision builds them."""
+    ops: list[Op] = [Flatten("flatten", "CHW")]
+    for i, name in enumerate(layers):
+        ops.append(Dense(name, _float(tensors, f"{name}.weight"), _optional(tensors, name), "OI"))
+        norm_name = f"classifier.{_index(name) + 1}"
+        if f"{norm_name}.running_mean" in tensors:
+            ops.append(_torch_norm(tensors, norm_name))
+        if i + 1 < len(layers):
+            ops += [Activation(f"{name} relu", "relu"), Dropout(f"{name} dropout")]
+    return ops
+
+
+def _timm_head(tensors: Mapping[str, Tensor]) -> list[Op]:
+    """timm's ConvMlp (7x7 conv, ReLU, Dropout, 1x1 conv, ReLU), global average pool, fc."""
+    fc1, fc2, fc = TIMM_HEAD
+    second = _float(tensors, f"{fc2}.weight")
+    middle: Op = (
+        Conv(fc2, second, _optional(tensors, fc2), "OIHW", "valid")
+        if len(second.shape) == 4
+        else Dense(fc2, second, _optional(tensors, fc2), "OI")
+    )
+    return [
+        Conv(fc1, _float(tensors, f"{fc1}.weight"), _optional(tensors, fc1), "OIHW", "valid"),
+        Activation(f"{fc1} relu", "relu"),
+        Dropout("pre_logits.drop"),
+        middle,
+        Activation(f"{fc2} relu", "relu"),
+        GlobalAvgPool("head.global_pool"),
+        Dense(fc, _float(tensors, f"{fc}.weight"), _optional(tensors, fc), "OI"),
+    ]
+
+
+def _index(name: str) -> int:
+    return int(name.rsplit(".", 1)[1]) if name.count(".") else 0
+
+
+def _plan(indices: list[int], norms: set[int], path: str) -> tuple[int, ...]:
+    """Convolutions per block, from the gaps in `features` (a MaxPool adds one index)."""
+    step = 3 if norms else 2  # conv [, batch norm], ReLU
+    plan, count = [], 0
+    for i, index in enumerate(indices):
+        count += 1
+        if i + 1 == len(indices) or indices[i + 1] != index + step:
+            plan.append(count)
+            count = 0
+    if tuple(plan) not in PLANS.values():
+        for known in PLANS.values():
+            if sum(known) == len(indices):
+                return known  # the indices are odd, but the count says which VGG
+        raise ArchitectureError(
+            f"{path}: found {len(indices)} convolution layers; a VGG has {family_counts()}"
+        )
+    return tuple(plan)
+
+
+def _pool_names(indices: list[int], plan: tuple[int, ...], norms: bool) -> list[str]:
+    names, end = [], 0
+    for count in plan:
+        end += count
+        names.append(f"features.{indices[end - 1] + (3 if norms else 2)}")
+    return names
+
+
+def _torch_norm(tensors: Mapping[str, Tensor], name: str) -> BatchNorm:
+    gamma, beta, mean, var = (
+        _float(tensors, f"{name}.{p}") for p in ("weight", "bias", "running_mean", "running_var")
+    )
+    return BatchNorm(name, gamma, beta, mean, var, TORCH_BN_EPS)
+
+
+def _optional(tensors: Mapping[str, Tensor], name: str) -> Tensor | None:
+    return _float(tensors, f"{name}.bias") if f"{name}.bias" in tensors else None
+
+
+def _float(tensors: Mapping[str, Tensor], key: str) -> Tensor:
+    """The tensor under `key`, its dtype checked (a float we can read exactly)."""
+    tensor = tensors[key]
+    return Tensor.wrap(tensor.source, tensor.where)
 
 
 def _torch_shapes(
-    tensors: Mapping[str, Tensor], convs: list[str], head: tuple[str, ...], generation: str
+    tensors: Mapping[str, Tensor], convs: list[str], head: list[str], generation: str
 ) -> dict[str, str]:
     """Expected shapes of every weight and bias, from the widths the other tensors show (a
     layer's width from its bias or weight; its input from the layer before), for messages."""
 
     def width(layer: str) -> int | None:
-        for part, axis in (("bias", 0), ("weight", 0)):
+        for part in ("bias", "weight"):
             tensor = tensors.get(f"{layer}.{part}")
             if tensor is not None and tensor.shape:
-                return int(tensor.shape[axis])
+                return int(tensor.shape[0])
         return None
 
     def dims(*values: int | None) -> str:
@@ -141,70 +315,17 @@ def _torch_shapes(
         out = width(layer)
         if i < len(convs):
             weight = dims(out, previous, 3, 3)
-        elif layer == head[0]:
+        elif head and layer == head[0]:
             side = POOL5_SIZE
             weight = (
                 dims(out, previous, side, side)
                 if generation == "timm"
                 else dims(out, None if previous is None else previous * side * side)
             )
-        elif layer == head[1] and generation == "timm":
+        elif generation == "timm" and layer == TIMM_HEAD[1]:
             weight = dims(out, previous, 1, 1)
         else:
             weight = dims(out, previous)
         shapes[f"{layer}.weight"], shapes[f"{layer}.bias"] = weight, dims(out)
         previous = out
     return shapes
-
-
-def _float(tensors: Mapping[str, Tensor], key: str) -> Tensor:
-    """The tensor under `key`, its dtype checked (a float we can read exactly)."""
-    tensor = tensors[key]
-    return Tensor.wrap(tensor.source, tensor.where) if tensor.order is None else tensor
-
-
-def _torch_conv(tensors: Mapping[str, Tensor], name: str, norm: str | None) -> RawLayer:
-    """A conv layer: OIHW kernel -> HWIO, with the batch norm `norm` that follows it, if any."""
-    kernel = _float(tensors, f"{name}.weight")
-    if len(kernel.shape) == 4:
-        kernel = kernel.permute(kernel.shape, OIHW_TO_HWIO)
-    batch_norm = None
-    if norm is not None:
-        gamma, beta, mean, var = (
-            _float(tensors, f"{norm}.{p}")
-            for p in ("weight", "bias", "running_mean", "running_var")
-        )
-        batch_norm = BatchNorm(gamma, beta, mean, var, TORCH_BN_EPS)
-    return RawLayer(name, kernel, _float(tensors, f"{name}.bias"), batch_norm)
-
-
-def _torch_dense(tensors: Mapping[str, Tensor], name: str) -> RawLayer:
-    """A dense layer (out, in), or a 1x1 conv (out, in, 1, 1) -> (in, out)."""
-    kernel = _float(tensors, f"{name}.weight")
-    out, rest = kernel.shape[0], int(kernel.size // max(1, kernel.shape[0]))
-    if len(kernel.shape) in (2, 4):
-        kernel = kernel.permute((out, rest), (1, 0))
-    return RawLayer(name, kernel, _float(tensors, f"{name}.bias"))
-
-
-def _torch_fc6_dense(tensors: Mapping[str, Tensor], name: str) -> RawLayer:
-    """torchvision classifier.0: (F6, C*7*7) columns in (C, H, W) order -> rows in (H, W, C)."""
-    kernel = _float(tensors, f"{name}.weight")
-    if len(kernel.shape) != 2 or kernel.shape[1] % (POOL5_SIZE * POOL5_SIZE):
-        return _torch_dense(tensors, name)  # assemble() reports the shape that is wrong
-    f6, c5 = kernel.shape[0], kernel.shape[1] // (POOL5_SIZE * POOL5_SIZE)
-    as_conv = kernel.permute((f6, c5, POOL5_SIZE, POOL5_SIZE), OIHW_TO_HWIO)
-    rows = POOL5_SIZE * POOL5_SIZE * c5
-    return RawLayer(name, as_conv.reshape((rows, f6)), _float(tensors, f"{name}.bias"))
-
-
-def _torch_fc6_conv(tensors: Mapping[str, Tensor], name: str, path: str) -> RawLayer:
-    """timm pre_logits.fc1: a (F6, C, 7, 7) OIHW kernel -> dense rows in (H, W, C) order."""
-    kernel = _float(tensors, f"{name}.weight")
-    if len(kernel.shape) != 4:
-        raise ArchitectureError(
-            f"{path}: {name}.weight has shape {kernel.shape}, expected (F6, C, 7, 7)"
-        )
-    f6 = kernel.shape[0]
-    hwio = kernel.permute(kernel.shape, OIHW_TO_HWIO)
-    return RawLayer(name, hwio.reshape((kernel.size // f6, f6)), _float(tensors, f"{name}.bias"))

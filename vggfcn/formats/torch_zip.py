@@ -11,12 +11,14 @@ opcodes so that no length field or memo index can make the unpickler allocate mo
 file holds. Tensors become read-only views of a memory map of the file: no weight is copied.
 
 Decisions:
-- Wrapper dicts: `{"state_dict": sd, ...}` or `{"model": sd, ...}` (training checkpoints) yield
-  `sd`; the wrapper's other entries (epoch, optimizer state...) are ignored.
+- Wrapper dicts: `{"state_dict": sd, ...}` (Lightning), `{"model": sd, ...}`,
+  `{"model_state_dict": sd, ...}`, `{"net": sd, ...}` (training scripts) yield `sd`; the
+  wrapper's other entries (epoch, hyper-parameters, optimizer state...) are read as data through
+  the same allowlist, and ignored.
 - Values of the state dict that are not tensors (plain ints, strings) are skipped. Integer and
   bool tensors (`num_batches_tracked`) are returned with their own dtype; the caller decides.
-- bfloat16 tensors are refused, naming the tensor: NumPy has no bfloat16 type, and handing out
-  raw uint16 bits risks them being read as numbers.
+- bfloat16 tensors come back as float32 views of their bits (`precision.BFloat16Source`): NumPy
+  has no bfloat16, and raw uint16 bits must never be read as numbers.
 - Compressed storage members are refused (torch never writes them, and a memory map needs the
   raw bytes); a compressed `data.pkl` is read, bounded by its declared size.
 - The legacy pre-1.6 format (a bare pickle stream) is refused with a hint to re-save the file.
@@ -31,9 +33,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import struct
 import zipfile
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -41,52 +41,27 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from ..errors import FormatError
+from ..precision import BFloat16Source
 from .detect import ZIP_MAGIC
-from .pickle_scan import allowed_global, scan_pickle
+from .pickle_scan import allowed_global, scan_pickle, unpickle
 from .pickle_scan import printable as _printable
 from .pickle_scan import show as _show
+from .zip_member import ZIP_ERRORS, data_start, read_member, vetted_members
 
 #: The pickle of a state dict is a few bytes per tensor; anything larger is not a state dict.
 PICKLE_MAX_BYTES = 100_000_000
 #: What `torch.save(..., _use_new_zipfile_serialization=False)` writes first (pickled magic number).
 LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
-#: A zip local file header; fields 10 and 11 are the name and extra-field lengths.
-_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
-_LOCAL_SIGNATURE = b"PK\x03\x04"
 _MAX_DIMS = 32
-
-_ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zlib.error,
-    OSError,
-    EOFError,
-    ValueError,
-    struct.error,
-    NotImplementedError,
-    OverflowError,
-)
-#: What a corrupt or hostile pickle can make the unpickler raise once globals are gated.
-_PICKLE_ERRORS = (
-    pickle.UnpicklingError,
-    EOFError,
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    OverflowError,
-    RecursionError,
-    MemoryError,
-    struct.error,
-)
 
 
 class _StorageType(NamedTuple):
     """What `torch.FloatStorage` & co. stand for: an element type (immutable, like all we give)."""
 
     name: str
-    dtype: np.dtype[Any] | None  # None: NumPy has no such type (bfloat16)
+    dtype: np.dtype[Any]  # for bfloat16, the uint16 of its bit patterns
     itemsize: int
+    bfloat16: bool = False
 
 
 _STORAGE_TYPES = {
@@ -95,7 +70,7 @@ _STORAGE_TYPES = {
         _StorageType("FloatStorage", np.dtype("f4"), 4),
         _StorageType("DoubleStorage", np.dtype("f8"), 8),
         _StorageType("HalfStorage", np.dtype("f2"), 2),
-        _StorageType("BFloat16Storage", None, 2),
+        _StorageType("BFloat16Storage", np.dtype("u2"), 2, bfloat16=True),
         _StorageType("LongStorage", np.dtype("i8"), 8),
         _StorageType("IntStorage", np.dtype("i4"), 4),
         _StorageType("ShortStorage", np.dtype("i2"), 2),
@@ -121,7 +96,7 @@ class _Unreadable(NamedTuple):
     reason: str
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
+def read_state_dict(path: str) -> dict[str, np.ndarray | BFloat16Source]:
     """Read a `torch.save` checkpoint's tensors as memory-mapped arrays, executing nothing.
 
     Args:
@@ -131,7 +106,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         order, with the tensor's dtype, shape and strides (OIHW conv kernels stay OIHW).
     Raises:
         FormatError: not a torch zip checkpoint, the legacy format, a corrupt or truncated
-        archive, a pickle global outside the allowlist, a compressed storage, a bfloat16 tensor,
+        archive, a pickle global outside the allowlist, a compressed storage,
         a tensor reaching outside its storage, or no tensors at all.
 
     Example:
@@ -142,7 +117,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     _check_magic(path)
     archive, pickled = _open_archive(path)
     scan_pickle(pickled, 0, path, "data.pkl")
-    top = _unpickle(path, pickled, archive)
+    top = unpickle(_Unpickler(pickled, archive), path, "data.pkl")
     return _tensors(path, _state_dict(path, top))
 
 
@@ -175,28 +150,10 @@ class _Archive:
                 f"{self.path}: member {shown} holds {info.file_size} bytes, but its {numel} "
                 f"{stype.name} elements need {need}"
             )
-        return _Storage(shown, self._data_start(info), numel, stype)
-
-    def _data_start(self, info: zipfile.ZipInfo) -> int:
-        """Where a member's bytes begin: after its local header, whose extra field torch pads."""
-        at, name = info.header_offset, _printable(info.filename)
-        raw = self.buffer[at : at + _LOCAL_HEADER.size].tobytes()
-        if len(raw) < _LOCAL_HEADER.size or raw[:4] != _LOCAL_SIGNATURE:
-            raise FormatError(f"{self.path}: member {name} has no local header at offset {at}")
-        fields = _LOCAL_HEADER.unpack(raw)
-        name_start = at + _LOCAL_HEADER.size
-        local_name = self.buffer[name_start : name_start + fields[10]].tobytes()
-        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
-        if local_name != info.orig_filename.encode(encoding, "replace"):
-            raise FormatError(
-                f"{self.path}: member {name}: local header names {local_name[:80]!r} (corrupt zip)"
-            )
-        start: int = name_start + fields[10] + fields[11]
-        if start + info.file_size > len(self.buffer):
-            raise FormatError(
-                f"{self.path}: member {name} runs past the end of the file (truncated)"
-            )
-        return start
+        start = data_start(
+            self.path, info, lambda at, n: self.buffer[at : at + n].tobytes(), len(self.buffer)
+        )
+        return _Storage(shown, start, numel, stype)
 
     def view(
         self,
@@ -279,7 +236,7 @@ class _Unpickler(pickle.Unpickler):
         requires_grad: Any = False,
         backward_hooks: Any = None,
         metadata: Any = None,
-    ) -> np.ndarray | _Unreadable:
+    ) -> np.ndarray | BFloat16Source | _Unreadable:
         """torch's tensor constructor, as a view of the file; grad flags and hooks are dropped."""
         shape, strides = _dims(size), _dims(stride)
         if not (
@@ -295,17 +252,14 @@ class _Unpickler(pickle.Unpickler):
                 "has its conj/neg bit set, so its stored bytes are not its values; "
                 "re-save it after .resolve_conj().resolve_neg()"
             )
-        element = storage.type.dtype
-        if element is None:
-            return _Unreadable(
-                "is bfloat16, which NumPy cannot represent; re-save the checkpoint as float32 "
-                "(e.g. {k: v.float() for k, v in sd.items()})"
-            )
-        return self._archive.view(storage, element, storage_offset, shape, strides)
+        view = self._archive.view(storage, storage.type.dtype, storage_offset, shape, strides)
+        return BFloat16Source(view) if storage.type.bfloat16 else view
 
-    def _rebuild_parameter(self, data: Any, *_flags: Any) -> np.ndarray | _Unreadable:
+    def _rebuild_parameter(
+        self, data: Any, *_flags: Any
+    ) -> np.ndarray | BFloat16Source | _Unreadable:
         """nn.Parameter: the tensor itself (requires_grad and hooks do not matter here)."""
-        if not isinstance(data, np.ndarray | _Unreadable):
+        if not isinstance(data, np.ndarray | BFloat16Source | _Unreadable):
             raise FormatError(f"{self._path}: data.pkl wraps a non-tensor in a Parameter")
         return data
 
@@ -335,39 +289,21 @@ def _open_archive(path: str) -> tuple[_Archive, bytes]:
         size = os.path.getsize(path)
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
-            members = _members(path, infos, size)
+            members = vetted_members(path, infos, size)
             prefix = _prefix(path, members)
-            pickled = _read_small(path, z, members[prefix + "data.pkl"])
+            pickled = read_member(path, z, members[prefix + "data.pkl"], PICKLE_MAX_BYTES)
             order = members.get(prefix + "byteorder")
-            byteorder = _read_small(path, z, order) if order else b"little"
+            byteorder = read_member(path, z, order, PICKLE_MAX_BYTES) if order else b"little"
         buffer = np.memmap(path, dtype=np.uint8, mode="r")
     except FormatError:
         raise
-    except _ZIP_ERRORS as e:
+    except ZIP_ERRORS as e:
         raise FormatError(f"{path}: corrupt zip archive ({_printable(str(e), 200)})") from None
     if byteorder not in (b"little", b"big"):
         raise FormatError(
             f"{path}: member {prefix}byteorder says {byteorder[:20]!r}, expected little or big"
         )
     return _Archive(path, members, prefix, "<" if byteorder == b"little" else ">", buffer), pickled
-
-
-def _members(path: str, infos: list[zipfile.ZipInfo], size: int) -> dict[str, zipfile.ZipInfo]:
-    """Name -> entry, refusing duplicates and sizes the archive cannot hold (bomb, corruption)."""
-    members: dict[str, zipfile.ZipInfo] = {}
-    for info in infos:
-        if info.filename in members:
-            raise FormatError(
-                f"{path}: member {_printable(info.filename)} appears twice in the archive"
-            )
-        declared = max(info.file_size, info.compress_size)
-        if declared > size or info.header_offset + info.compress_size > size:
-            raise FormatError(
-                f"{path}: member {_printable(info.filename)} declares {declared} bytes at offset "
-                f"{info.header_offset}, beyond the archive's {size} bytes (corrupt or a zip bomb)"
-            )
-        members[info.filename] = info
-    return members
 
 
 def _prefix(path: str, members: dict[str, zipfile.ZipInfo]) -> str:
@@ -384,51 +320,23 @@ def _prefix(path: str, members: dict[str, zipfile.ZipInfo]) -> str:
     return found[0]
 
 
-def _read_small(path: str, z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """Read a metadata member fully, bounded by its declared (already vetted) size."""
-    name = _printable(info.filename)
-    if info.file_size > PICKLE_MAX_BYTES:
-        raise FormatError(
-            f"{path}: member {name} is {info.file_size} bytes, more than a state dict pickle "
-            f"ever needs ({PICKLE_MAX_BYTES})"
-        )
-    if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise FormatError(f"{path}: member {name} is encrypted or oddly compressed")
-    try:
-        return z.read(info)
-    except _ZIP_ERRORS as e:
-        detail = _printable(str(e), 200)
-        raise FormatError(f"{path}: member {name} cannot be read ({detail})") from None
-
-
-def _unpickle(path: str, data: bytes, archive: _Archive) -> Any:
-    """Run data.pkl through the gated unpickler, turning every failure into one FormatError."""
-    try:
-        return _Unpickler(data, archive).load()
-    except FormatError:
-        raise
-    except _PICKLE_ERRORS as e:
-        detail = _printable(f"{type(e).__name__}: {e}", 200)
-        raise FormatError(f"{path}: data.pkl is corrupt ({detail})") from None
-
-
 def _state_dict(path: str, top: Any) -> dict[Any, Any]:
     """The state dict itself, or the one a training checkpoint wraps under "state_dict"/"model"."""
     if not isinstance(top, dict):
         what = "a single tensor" if isinstance(top, np.ndarray) else f"a {type(top).__name__}"
         raise FormatError(f"{path}: the checkpoint holds {what}, expected a state dict")
-    for key in ("state_dict", "model"):
+    for key in ("state_dict", "model_state_dict", "model", "net"):
         inner = top.get(key)
         if isinstance(inner, dict):
             return inner
     return top
 
 
-def _tensors(path: str, state: dict[Any, Any]) -> dict[str, np.ndarray]:
+def _tensors(path: str, state: dict[Any, Any]) -> dict[str, np.ndarray | BFloat16Source]:
     """Name -> array for every tensor value; other values are skipped, unreadable ones refused."""
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray | BFloat16Source] = {}
     for name, value in state.items():
-        if not isinstance(value, np.ndarray | _Unreadable):
+        if not isinstance(value, np.ndarray | BFloat16Source | _Unreadable):
             continue
         if type(name) is not str:
             raise FormatError(f"{path}: a tensor is stored under {_show(name)}, not a string name")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vggfcn.tensor import Tensor
 from vggfcn.transpose import transpose_into
-from vggfcn.weights import Tensor
 
 
 def _tensor(shape: tuple[int, ...]) -> tuple[np.ndarray, Tensor]:

@@ -1,0 +1,120 @@
+"""Helpers shared by the tests of refusals, faults and outputs: running the CLI as a user does,
+asserting the one-line refusal contract, editing files."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import safetensors.numpy
+import safetensors.torch
+from click.testing import CliRunner, Result
+
+from vggfcn.cli import main
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def temps(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.endswith(".vggfcn-tmp")]
+
+
+def assert_refused(
+    result: Result, source: Path | str, *expected: str, out: Path | None = None, code: int = 2
+) -> None:
+    """The contract: exit `code`, one stderr line naming `source` and each `expected` regex."""
+    stderr = result.stderr
+    assert result.exit_code == code, (result.exit_code, stderr, result.exception)
+    assert result.stdout == ""
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vggfcn: error: "), stderr
+    assert str(source) in stderr, stderr
+    for pattern in expected:
+        assert re.search(pattern, stderr), (pattern, stderr)
+    if out is not None:
+        assert not out.exists()
+        assert temps(out.parent) == []
+
+
+def refuse_everywhere(source: Path, *expected: str, original: Path | None = None) -> None:
+    """`convert` and `inspect` (and `verify` against `original`) all refuse `source`."""
+    out = source.parent / "out.safetensors"
+    assert_refused(run("convert", source, out), source, *expected, out=out)
+    assert_refused(run("inspect", source), source, *expected)
+    if original is not None:
+        assert_refused(run("verify", original, source), source, *expected)
+
+
+def copy(source: Path, target: Path) -> Path:
+    shutil.copyfile(source, target)
+    return target
+
+
+def edited_h5(source: Path, target: Path, edit: Callable[[h5py.File], object]) -> Path:
+    copy(source, target)
+    with h5py.File(target, "r+") as f:
+        edit(f)
+    return target
+
+
+def replace_dataset(f: h5py.File, name: str, data: Any = None, **options: Any) -> None:
+    group, _, leaf = name.rpartition("/")
+    del f[name]
+    f[group].create_dataset(leaf, data=data, **options)
+
+
+def converts_and_verifies(source: Path, tmp_path: Path, *options: str) -> Path:
+    out = tmp_path / f"{source.name}.fcn.safetensors"
+    result = run("convert", *options, source, out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    result = run("verify", "--quiet", source, out)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return out
+
+
+def tensors(path: Path) -> dict[str, np.ndarray]:
+    return safetensors.numpy.load_file(str(path))
+
+
+class Evil:
+    """Runs a shell command when a normal unpickler loads it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def assert_one_line(result: Result, code: int, *expected: str) -> None:
+    """`code`, nothing on stdout, one stderr line holding each `expected` text, no traceback."""
+    assert result.exit_code == code, (result.exit_code, result.stderr, result.exception)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    for text in expected:
+        assert text in result.stderr, (text, result.stderr)
+
+
+#: The Keras 1 fc6 and fc7 kernels of the TINY fixtures: (7*7*16, 32) and (32, 32).
+FC1 = "fc1/fc1_W_1:0"
+FC2 = "fc2/fc2_W_1:0"
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path

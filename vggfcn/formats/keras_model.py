@@ -1,0 +1,493 @@
+"""A Keras model as a source graph, from its layers' weights and, when the file has one, its config.
+
+Every Keras container (`.h5` of any generation, `.weights.h5`, the `.keras` archive) comes down to
+the same thing: the model's layers in order, each with its variables in Keras' order (kernel, bias;
+gamma, beta, moving mean, moving variance). The container readers find those; this module turns
+them into ops.
+
+With a model config (a `model.save` file or a `.keras` archive), the layers are what the config
+says, nested models included: the config is read as data, checked against the weights, and any
+layer we do not know — a `Lambda`, a custom class, a module path outside Keras — is refused by
+name, never imported or run. Without one (weights-only files) the classes come from the weights
+(a 4-D kernel is a convolution, a 2-D one a dense layer) and the rest from the VGG family: a
+max-pool closes each block, ReLUs follow every layer but the last; which head the file has is
+whatever the container can tell (`.weights.h5` group names say `flatten` or
+`global_average_pooling2d`; older files only the first dense layer's inputs).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..arch import PLANS, family_counts
+from ..errors import ArchitectureError, FormatError
+from ..graph import (
+    Activation,
+    BatchNorm,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    InputSpec,
+    MaxPool,
+    Op,
+    OutputActivation,
+    vgg_trunk,
+)
+from ..tensor import Tensor
+
+#: A model config is a few hundred kilobytes even for deep nets; a bigger one is not a config.
+CONFIG_MAX_BYTES = 64 << 20
+#: Models nest a base model or two (Sequential([VGG16(...), ...])); deeper is not a classifier.
+MAX_NESTING = 8
+#: Keras' BatchNormalization default epsilon (torch's is 1e-5).
+KERAS_BN_EPS = 1e-3
+#: Layers that are the identity at inference.
+_IDENTITY = {"Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout"}
+_MODELS = {"Functional", "Sequential", "Model"}
+_KNOWN = {
+    "InputLayer",
+    "Conv2D",
+    "MaxPooling2D",
+    "Flatten",
+    "GlobalAveragePooling2D",
+    "Dense",
+    "BatchNormalization",
+    "Activation",
+    "ReLU",
+    *_IDENTITY,
+    *_MODELS,
+}
+_OUTPUT_ACTIVATIONS: dict[str, OutputActivation] = {
+    "softmax": "softmax",
+    "sigmoid": "sigmoid",
+    "linear": "linear",
+}
+
+
+@dataclass(frozen=True)
+class ConfigLayer:
+    """One layer of a model config, nested models flattened: its name, class and config.
+
+    `path` is the chain of nested model names above it (empty at the top level), which is how
+    the weight files address a nested model's layers.
+    """
+
+    name: str
+    class_name: str
+    config: Mapping[str, Any]
+    path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KerasLayer:
+    """A layer as a container found it: name, class (None without a config), config, weights."""
+
+    name: str
+    class_name: str | None
+    config: Mapping[str, Any]
+    weights: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class KerasModel:
+    """What the ops builders return: the ops, and what they say about input and output."""
+
+    ops: tuple[Op, ...]
+    input: InputSpec
+    output_activation: OutputActivation
+    notes: tuple[str, ...] = ()
+
+
+def parse_config(text: str | bytes, where: str) -> dict[str, Any]:
+    """A model config's JSON as data, size- and depth-bounded.
+
+    Raises:
+        FormatError: too large, not JSON, too deeply nested, or not a JSON object.
+    """
+    if len(text) > CONFIG_MAX_BYTES:
+        raise FormatError(f"{where}: model config of {len(text)} bytes exceeds {CONFIG_MAX_BYTES}")
+    try:
+        config = json.loads(text)
+    except RecursionError:
+        raise FormatError(f"{where}: model config is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FormatError(f"{where}: model config is not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise FormatError(f"{where}: model config is not a JSON object")
+    return config
+
+
+def config_layers(config: Mapping[str, Any], where: str) -> list[ConfigLayer]:
+    """Every layer of a (possibly nested) model config in model order, nested models expanded.
+
+    Nested models stay in the list too (before their own layers), so a weight file that stores
+    a whole base model under its name can be matched.
+
+    Raises:
+        FormatError: not a model config, a layer that is not a plain chain, a layer class we do
+            not know (a Lambda, a custom class), a layer from outside Keras.
+    """
+    return list(_walk(config, where, (), 0))
+
+
+def _walk(
+    model: Mapping[str, Any], where: str, path: tuple[str, ...], depth: int
+) -> Iterator[ConfigLayer]:
+    if depth > MAX_NESTING:
+        raise FormatError(f"{where}: models nested more than {MAX_NESTING} deep")
+    class_name = model.get("class_name")
+    if class_name not in _MODELS:
+        raise FormatError(f"{where}: model config of class {_show(class_name)}; expected a model")
+    inner = model.get("config")
+    layers = inner if isinstance(inner, list) else (inner or {}).get("layers")  # Keras 2.0-2.2
+    if not isinstance(layers, list):
+        raise FormatError(f"{where}: model config has no list of layers")
+    previous: str | None = None
+    for entry in layers:
+        layer = _layer(entry, where)
+        _check_chain(entry, layer, previous, where)
+        yield layer if not path else ConfigLayer(layer.name, layer.class_name, layer.config, path)
+        if layer.class_name in _MODELS:
+            yield from _walk(entry, where, (*path, layer.name), depth + 1)
+        if layer.class_name != "InputLayer":
+            previous = layer.name
+
+
+def _layer(entry: Any, where: str) -> ConfigLayer:
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict | list):
+        raise FormatError(f"{where}: model config holds a layer entry that is not an object")
+    class_name = entry.get("class_name")
+    config = entry["config"] if isinstance(entry["config"], dict) else {}
+    name = entry.get("name", config.get("name"))
+    if not isinstance(name, str) or not isinstance(class_name, str):
+        raise FormatError(f"{where}: model config holds a layer without a name or class")
+    module, registered = entry.get("module"), entry.get("registered_name")
+    if class_name == "Lambda":
+        raise FormatError(
+            f"{where}: layer {_show(name)} is a Lambda layer (it carries code); refused, nothing "
+            "was run"
+        )
+    custom = registered not in (None, class_name) or (
+        isinstance(module, str) and not module.startswith("keras")
+    )
+    if custom or class_name not in _KNOWN:
+        origin = f" from {_show(module)}" if isinstance(module, str) else ""
+        raise FormatError(
+            f"{where}: layer {_show(name)} is of class {_show(registered or class_name)}{origin}, "
+            "which vggfcn does not convert (custom classes are never imported)"
+        )
+    return ConfigLayer(name, class_name, config)
+
+
+def _check_chain(
+    entry: Mapping[str, Any], layer: ConfigLayer, previous: str | None, where: str
+) -> None:
+    """Refuse a functional model that is not a plain chain (branches, merges, shared layers)."""
+    nodes = entry.get("inbound_nodes")
+    if not nodes or previous is None:
+        return
+    inbound = _inbound_names(nodes)
+    if inbound is not None and inbound != [previous]:
+        raise FormatError(
+            f"{where}: layer {_show(layer.name)} takes {', '.join(map(_show, inbound))} as "
+            f"input, not the layer before it ({_show(previous)}); only plain chains convert"
+        )
+
+
+def _inbound_names(nodes: Any) -> list[str] | None:
+    """The layers feeding a layer's first call, in Keras 3 or Keras 2 form; None if unreadable."""
+    if not isinstance(nodes, list) or len(nodes) != 1:
+        return None if not isinstance(nodes, list) else ["<shared layer>"]
+    node = nodes[0]
+    names: list[str] = []
+    if isinstance(node, dict):  # Keras 3: {"args": [{"config": {"keras_history": [name, ..]}}]}
+        for arg in node.get("args", []):
+            args = arg if isinstance(arg, list) else [arg]
+            for a in args:
+                history = a.get("config", {}).get("keras_history") if isinstance(a, dict) else None
+                if isinstance(history, list) and history and isinstance(history[0], str):
+                    names.append(history[0])
+    elif isinstance(node, list):  # Keras 2: [[name, node_index, tensor_index, kwargs], ...]
+        names = [n[0] for n in node if isinstance(n, list) and n and isinstance(n[0], str)]
+    return names or None
+
+
+def input_size(layers: Sequence[ConfigLayer], where: str) -> tuple[int, int] | None:
+    """(H, W) of the first input shape recorded in the config, None when unknown."""
+    for layer in layers:
+        shape = layer.config.get("batch_shape", layer.config.get("batch_input_shape"))
+        if isinstance(shape, list) and len(shape) == 4:
+            if layer.config.get("data_format") == "channels_first":
+                raise FormatError(f"{where}: channels_first models are not supported")
+            h, w = shape[1], shape[2]
+            if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+                return h, w
+            return None
+    return None
+
+
+def ops_from_config(
+    layers: Sequence[KerasLayer], size: tuple[int, int] | None, where: str
+) -> KerasModel:
+    """The ops a model config defines, its weights checked against it.
+
+    Raises:
+        FormatError: the config disagrees with the weights, or asks for something a VGG
+            classifier conversion cannot carry (strides, dilations, other activations).
+    """
+    built: list[Op | _Output] = []
+    for layer in layers:
+        built.extend(_config_ops(layer, where))
+    ops, output = _output_activation(built, where)
+    return KerasModel(
+        ops=tuple(ops),
+        input=InputSpec(size=size, channel_order="bgr", preprocessing="caffe"),
+        output_activation=output,
+    )
+
+
+def _config_ops(layer: KerasLayer, where: str) -> list[Op | _Output]:
+    c, name, kind = layer.config, layer.name, layer.class_name
+    if kind in ("Conv2D", "Dense"):
+        return _weighted_ops(layer, where)
+    if layer.weights and kind != "BatchNormalization":
+        raise FormatError(f"{where}: layer {name} ({kind}) holds weights, expected none")
+    if kind == "BatchNormalization":
+        return [_batch_norm(layer, where)]
+    if kind == "MaxPooling2D":
+        if _pair(c.get("pool_size", 2)) != (2, 2) or _pair(c.get("strides") or 2) != (2, 2):
+            raise FormatError(f"{where}: layer {name} is not a 2x2 stride-2 max-pool")
+        return [MaxPool(name, ceil=False)]
+    if kind == "Flatten":
+        _channels_last(layer, where)
+        return [Flatten(name, "HWC")]
+    if kind == "GlobalAveragePooling2D":
+        _channels_last(layer, where)
+        return [GlobalAvgPool(name)]
+    if kind == "Activation":
+        return [_activation(name, c.get("activation"), where)]
+    if kind == "ReLU":
+        if any(
+            c.get(k) not in (None, 0, 0.0) for k in ("max_value", "negative_slope", "threshold")
+        ):
+            raise FormatError(f"{where}: layer {name} is a ReLU with a cap, slope or threshold")
+        return [Activation(name, "relu")]
+    if kind in _IDENTITY:
+        return [Dropout(name)]
+    return []  # InputLayer, and nested models (their layers follow them)
+
+
+def _weighted_ops(layer: KerasLayer, where: str) -> list[Op | _Output]:
+    c, name = layer.config, layer.name
+    use_bias = c.get("use_bias", True)
+    expected = 2 if use_bias else 1
+    if len(layer.weights) != expected:
+        raise FormatError(
+            f"{where}: layer {name} has {len(layer.weights)} weights; its config says "
+            f"{'a kernel and a bias' if use_bias else 'a kernel'}"
+        )
+    kernel, bias = layer.weights[0], (layer.weights[1] if use_bias else None)
+    op: Conv | Dense
+    if layer.class_name == "Conv2D":
+        _channels_last(layer, where)
+        if _pair(c.get("strides", 1)) != (1, 1) or _pair(c.get("dilation_rate", 1)) != (1, 1):
+            raise FormatError(f"{where}: layer {name} has strides or dilation; expected 1")
+        if c.get("groups", 1) != 1:
+            raise FormatError(f"{where}: layer {name} is a grouped convolution")
+        size, filters = _pair(c.get("kernel_size")), c.get("filters")
+        if len(kernel.shape) != 4 or kernel.shape[:2] != size or kernel.shape[3] != filters:
+            raise FormatError(
+                f"{where}: layer {name} holds a kernel of shape {kernel.shape}, but its config "
+                f"says {filters} filters of {size}"
+            )
+        padding = c.get("padding", "valid")
+        if padding not in ("same", "valid"):
+            raise FormatError(f"{where}: layer {name} has padding {_show(padding)}")
+        op = Conv(name, kernel, bias, "HWIO", padding)
+    else:
+        units = c.get("units")
+        if len(kernel.shape) != 2 or kernel.shape[1] != units:
+            raise FormatError(
+                f"{where}: layer {name} holds a kernel of shape {kernel.shape}, but its config "
+                f"says {units} units"
+            )
+        op = Dense(name, kernel, bias, "IO")
+    return [op, _activation(f"{name} activation", c.get("activation", "linear"), where)]
+
+
+def _batch_norm(layer: KerasLayer, where: str) -> BatchNorm:
+    c, name = layer.config, layer.name
+    scale, center = c.get("scale", True), c.get("center", True)
+    expected = 2 + int(bool(scale)) + int(bool(center))
+    if len(layer.weights) != expected:
+        raise FormatError(
+            f"{where}: layer {name} has {len(layer.weights)} weights; its config says {expected}"
+        )
+    axis = c.get("axis", -1)
+    if axis not in (-1, 3, [3], [-1], 1, [1]):
+        raise FormatError(f"{where}: layer {name} normalises axis {_show(axis)}, not channels")
+    weights = list(layer.weights)
+    gamma = weights.pop(0) if scale else None
+    beta = weights.pop(0) if center else None
+    eps = c.get("epsilon", KERAS_BN_EPS)
+    if not isinstance(eps, int | float) or eps < 0:
+        raise FormatError(f"{where}: layer {name} has epsilon {_show(eps)}")
+    return BatchNorm(name, gamma, beta, weights[0], weights[1], float(eps))
+
+
+def _activation(name: str, value: Any, where: str) -> Activation | _Output:
+    if value in ("relu", "linear", None):
+        return Activation(name, "relu" if value == "relu" else "linear")
+    if value in _OUTPUT_ACTIVATIONS:
+        return _Output(name, _OUTPUT_ACTIVATIONS[value])
+    raise FormatError(
+        f"{where}: {name} is {_show(value)}; between layers vggfcn converts relu and linear"
+    )
+
+
+@dataclass(frozen=True)
+class _Output:
+    """An output activation (softmax, sigmoid) met while building; it must end the model."""
+
+    name: str
+    kind: OutputActivation
+
+
+def _output_activation(ops: list[Op | _Output], where: str) -> tuple[list[Op], OutputActivation]:
+    """Strip the trailing output activation (and linear no-ops after the last layer)."""
+    kind: OutputActivation = "linear"
+    while ops and (
+        isinstance(ops[-1], _Output | Dropout)
+        or (isinstance(ops[-1], Activation) and ops[-1].kind == "linear")
+    ):
+        last = ops.pop()
+        if isinstance(last, _Output):
+            kind = last.kind
+    clean: list[Op] = []
+    for op in ops:
+        if isinstance(op, _Output):
+            raise FormatError(
+                f"{where}: {op.name} is {op.kind} before the last layer; between layers vggfcn "
+                "converts relu and linear"
+            )
+        clean.append(op)
+    return clean, kind
+
+
+def ops_from_weights(
+    layers: Sequence[KerasLayer], head: str | None, where: str, notes: tuple[str, ...] = ()
+) -> KerasModel:
+    """The ops of a weights-only file: the VGG family fills in what the file does not record.
+
+    Args:
+        layers: weighted layers in model order (classes None: told apart by their weights).
+        head: "flatten" or "gap" when the container knows which, None when it cannot tell.
+    Raises:
+        ArchitectureError: layers a weights-only file cannot place (batch norms), or a head
+            that cannot be told apart.
+    """
+    convs: list[Conv] = []
+    denses: list[Dense] = []
+    for layer in layers:
+        shapes = [len(w.shape) for w in layer.weights]
+        if shapes in ([4, 1], [4]):
+            if denses:
+                raise FormatError(f"{where}: convolution {layer.name} comes after a dense layer")
+            convs.append(Conv(layer.name, layer.weights[0], _second(layer), "HWIO"))
+        elif shapes in ([2, 1], [2]):
+            denses.append(Dense(layer.name, layer.weights[0], _second(layer), "IO"))
+        elif shapes and all(s == 1 for s in shapes) and len(shapes) in (2, 3, 4):
+            raise ArchitectureError(
+                f"{where}: {layer.name} is a batch norm, and this file holds no model config to "
+                "say where it sits; convert the model saved whole (model.save: .keras or .h5)"
+            )
+        else:
+            raise FormatError(
+                f"{where}: layer {layer.name} has {len(layer.weights)} weights of ranks "
+                f"{shapes}; expected a kernel and a bias"
+            )
+    plan = _plan(len(convs), where)
+    ops: list[Op] = vgg_trunk(convs, plan)
+    if denses and head is None:
+        head = _head_from_fan_in(denses[0], convs, where)
+    if denses:
+        ops.append(
+            GlobalAvgPool("global_average_pooling2d")
+            if head == "gap"
+            else Flatten("flatten", "HWC")
+        )
+    for i, dense in enumerate(denses):
+        ops.append(dense)
+        if i + 1 < len(denses):
+            ops.append(Activation(f"{dense.name} activation", "relu"))
+    assumed = ("activations between dense layers assumed relu: the file holds no model config",)
+    return KerasModel(
+        ops=tuple(ops),
+        input=InputSpec(channel_order="bgr", preprocessing="caffe"),
+        output_activation="unknown",
+        notes=notes + (assumed if len(denses) > 1 else ()),
+    )
+
+
+def _second(layer: KerasLayer) -> Tensor | None:
+    return layer.weights[1] if len(layer.weights) > 1 else None
+
+
+def _plan(count: int, where: str) -> tuple[int, ...]:
+    for plan in PLANS.values():
+        if sum(plan) == count:
+            return plan
+    if count == 0:
+        raise ArchitectureError(f"{where}: no convolution layers found; is this a VGG checkpoint?")
+    raise ArchitectureError(
+        f"{where}: found {count} convolution layers; a VGG has {family_counts()}"
+    )
+
+
+def _head_from_fan_in(first: Dense, convs: Sequence[Conv], where: str) -> str:
+    """Flatten, unless the first dense layer reads exactly pool5's channels, which a weights-only
+    file cannot tell apart from a global average or max pool."""
+    if convs and len(first.kernel.shape) == 2:
+        channels = convs[-1].kernel.shape[-1]
+        if first.kernel.shape[0] == channels:
+            raise ArchitectureError(
+                f"{where}: {first.name} reads {channels} values, pool5's channel count: a global "
+                "pooling (average or max?) that this file holds no model config to name; "
+                "convert the model saved whole (model.save: .keras or .h5)"
+            )
+    return "flatten"
+
+
+def snake_case(class_name: str) -> str:
+    """Keras' name for a layer class's weight group: Conv2D -> conv2d, MaxPooling2D ->
+    max_pooling2d, ReLU -> re_lu (keras `naming.to_snake_case`)."""
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    name = re.sub("([a-z])([A-Z])", r"\1_\2", name)
+    return name.lower()
+
+
+def _pair(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, list | tuple) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    return None
+
+
+def _channels_last(layer: KerasLayer, where: str) -> None:
+    if layer.config.get("data_format") == "channels_first":
+        raise FormatError(f"{where}: layer {layer.name} is channels_first, which is not supported")
+
+
+def _show(value: Any) -> str:
+    """A config value in a message: short strings as they are, anything else by type."""
+    if isinstance(value, str):
+        return repr(value[:60])
+    return repr(value) if isinstance(value, int | float | type(None)) else type(value).__name__

@@ -1,0 +1,236 @@
+"""A source graph checked before anyone runs or compiles it, and the input size it was built for.
+
+Every tensor's shape is checked, in the file's own layout, against what flows into its op, and
+every problem found is reported in one message, so a user fixes a file once, not five times.
+The input size comes from the file when it records one, else from the user, else from the first
+dense layer's inputs (a flattened p x p x C pool5 has p*p*C of them), else VGG's 224x224.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .arch import MIN_INPUT, PLANS, STRIDE, family_counts
+from .errors import ArchitectureError
+from .graph import (
+    BatchNorm,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalAvgPool,
+    MaxPool,
+    Op,
+    SourceGraph,
+    Weighted,
+    pool5_side,
+)
+
+
+def checked(graph: SourceGraph, input_size: tuple[int, int] | None = None) -> SourceGraph:
+    """The graph with its input size resolved, once every shape in it agrees.
+
+    Args:
+        input_size: (H, W) the model was built for, overriding what the file says (the user's
+            `--input-size`).
+    Raises:
+        ArchitectureError: not a VGG trunk, no head (a "notop" file), or wrong shapes.
+    """
+    path = graph.path
+    trunk, head = graph.split()
+    convs = [op for op in trunk if isinstance(op, Conv)]
+    if not convs:
+        raise ArchitectureError(f"{path}: no convolution layers found; is this a VGG checkpoint?")
+    plan = block_plan(trunk)
+    name = next((n for n, p in PLANS.items() if p == plan), None)
+    if name is None:
+        counts = family_counts()
+        raise ArchitectureError(
+            f"{path}: found {len(convs)} convolution layers in blocks {list(plan)}; "
+            f"a VGG has {counts}"
+        )
+    if not any(isinstance(op, Weighted) for op in head):
+        raise ArchitectureError(
+            f"{path}: no classifier layers (fc1/fc2/predictions) found: this looks like an "
+            "include_top=False ('notop') file; there is no head to convert"
+        )
+    problems: list[str] = []
+    channels = _check_trunk(trunk, graph.input.channels, problems)
+    size, size_from = _input_size(graph, input_size, channels)
+    pools = [op for op in trunk if isinstance(op, MaxPool)]
+    window = (pool5_side(size[0], pools), pool5_side(size[1], pools))
+    _check_head(head, window, channels, problems)
+    if problems:
+        raise ArchitectureError(f"{path}: not a {name} classifier: " + "; ".join(problems))
+    return graph.with_input(size=size, size_from=size_from)
+
+
+def block_plan(trunk: Sequence[Op]) -> tuple[int, ...]:
+    """Convolutions per block: the convs counted between max-pools."""
+    plan, count = [], 0
+    for op in trunk:
+        if isinstance(op, Conv):
+            count += 1
+        elif isinstance(op, MaxPool):
+            plan.append(count)
+            count = 0
+    return tuple(plan)
+
+
+def in_out(op: Weighted) -> tuple[int, int] | None:
+    """(inputs, outputs) of a kernel as its layout stores them; None for the wrong rank."""
+    shape = op.kernel.shape
+    if isinstance(op, Conv):
+        if len(shape) != 4:
+            return None
+        return (shape[2], shape[3]) if op.layout == "HWIO" else (shape[1], shape[0])
+    if len(shape) != 2:
+        return None
+    return (shape[0], shape[1]) if op.layout == "IO" else (shape[1], shape[0])
+
+
+def kernel_shape(op: Weighted, kh: int, kw: int, cin: int, cout: int) -> tuple[int, ...]:
+    """The shape `op`'s kernel must have, in its own layout, for these sizes."""
+    if isinstance(op, Conv):
+        return (kh, kw, cin, cout) if op.layout == "HWIO" else (cout, cin, kh, kw)
+    return (cin, cout) if op.layout == "IO" else (cout, cin)
+
+
+def _width(op: Weighted, following: Weighted | None) -> int:
+    """Output width of `op`, chosen so that a message names the tensor that is wrong.
+
+    Kernel and bias usually agree. When they do not, the next layer's input width decides which
+    one to believe: a transposed fc6 kernel then reads "expected (25088, 4096)" instead of
+    turning every later layer into an error.
+    """
+    dims = in_out(op)
+    candidates = ([] if dims is None else [dims[1]]) + (
+        [op.bias.shape[0]] if op.bias is not None and len(op.bias.shape) == 1 else []
+    )
+    if not candidates:
+        return 0
+    if len(set(candidates)) > 1 and following is not None:
+        next_dims = in_out(following)
+        if next_dims is not None and next_dims[0] in candidates:
+            return next_dims[0]
+    return candidates[-1]
+
+
+def _check_weighted(op: Weighted, want: tuple[int, ...], problems: list[str]) -> None:
+    if op.kernel.shape != want:
+        problems.append(f"{op.name} kernel has shape {op.kernel.shape}, expected {want}")
+    width = want[-1] if op.layout in ("HWIO", "IO") else want[0]
+    if op.bias is not None and op.bias.shape != (width,):
+        problems.append(f"{op.name} bias has shape {op.bias.shape}, expected ({width},)")
+
+
+def _check_norm(op: BatchNorm, features: int, problems: list[str]) -> None:
+    for part, tensor in (
+        ("gamma", op.gamma),
+        ("beta", op.beta),
+        ("mean", op.mean),
+        ("var", op.var),
+    ):
+        if tensor is not None and tensor.shape != (features,):
+            problems.append(
+                f"{op.name} batch-norm {part} has shape {tensor.shape}, expected ({features},)"
+            )
+
+
+def _check_trunk(trunk: Sequence[Op], channels: int, problems: list[str]) -> int:
+    """Check the trunk's convolutions chain from `channels`; returns pool5's channels."""
+    convs = [op for op in trunk if isinstance(op, Conv)]
+    index = 0
+    for op in trunk:
+        if isinstance(op, Conv):
+            index += 1
+            out = _width(op, convs[index] if index < len(convs) else None)
+            _check_weighted(op, kernel_shape(op, 3, 3, channels, out), problems)
+            if op.padding != "same":
+                problems.append(f"{op.name} pads '{op.padding}', expected 'same' (3x3, pad 1)")
+            channels = out
+        elif isinstance(op, BatchNorm):
+            _check_norm(op, channels, problems)
+    return channels
+
+
+def _input_size(
+    graph: SourceGraph, override: tuple[int, int] | None, channels: int
+) -> tuple[tuple[int, int], str]:
+    """The input size and how it is known (see `InputSpec.size_from`)."""
+    if override is not None:
+        return override, "option"
+    if graph.input.size is not None:
+        return graph.input.size, "file"
+    _, head = graph.split()
+    flattened = False
+    for op in head:
+        if isinstance(op, Flatten):
+            flattened = True
+        elif isinstance(op, GlobalAvgPool):
+            break
+        elif isinstance(op, Conv):
+            kh, kw = (op.kernel.shape[:2] if op.layout == "HWIO" else op.kernel.shape[2:])[:2]
+            return (kh * STRIDE, kw * STRIDE), "fan-in"
+        elif isinstance(op, Dense):
+            dims = in_out(op)
+            if flattened and dims is not None and channels and dims[0] % channels == 0:
+                side = math.isqrt(dims[0] // channels)
+                if side > 0 and side * side * channels == dims[0]:
+                    return (side * STRIDE, side * STRIDE), "fan-in"
+            break
+    return (MIN_INPUT, MIN_INPUT), "default"
+
+
+def _check_head(
+    head: Sequence[Op], window: tuple[int, int], channels: int, problems: list[str]
+) -> None:
+    """Walk the head from the pool5 window: a map (h, w, c), flattened, or a vector."""
+    h, w = window
+    c = channels
+    mode = "map"  # "map" | "flat" | "vector"
+    weighted = [op for op in head if isinstance(op, Weighted)]
+    following = iter([*weighted[1:], None])  # each weighted op's successor, in turn
+    first_dense = True
+    for op in head:
+        if isinstance(op, Conv):
+            if op.padding != "valid":
+                problems.append(f"{op.name} pads '{op.padding}'; head convolutions are 'valid'")
+            shape = op.kernel.shape
+            kh, kw = (
+                (shape[:2] if op.layout == "HWIO" else shape[2:]) if len(shape) == 4 else (h, w)
+            )
+            out = _width(op, next(following))
+            if mode != "map":
+                problems.append(f"{op.name} is a convolution after the volume was flattened")
+            elif kh > h or kw > w:
+                problems.append(f"{op.name} has a {kh}x{kw} kernel over a {h}x{w} map")
+            _check_weighted(op, kernel_shape(op, kh, kw, c, out), problems)
+            h, w, c = max(1, h - kh + 1), max(1, w - kw + 1), out
+        elif isinstance(op, Flatten):
+            mode = "flat"
+        elif isinstance(op, GlobalAvgPool):
+            mode, h, w = "vector", 1, 1
+        elif isinstance(op, Dense):
+            inputs = h * w * c if mode == "flat" else c
+            if mode == "map" and (h, w) != (1, 1):
+                problems.append(
+                    f"{op.name} is a dense layer on a {h}x{w} map; expected a Flatten or a "
+                    "GlobalAveragePooling2D before it"
+                )
+            out = _width(op, next(following))
+            want = kernel_shape(op, 1, 1, inputs, out)
+            _check_weighted(op, want, problems)
+            dims = in_out(op)
+            if first_dense and mode == "flat" and (dims is None or dims[0] != inputs):
+                problems.append(
+                    f"{op.name} must read the {h}x{w}x{c} pool5 volume ({inputs} inputs)"
+                )
+            first_dense = False
+            mode, h, w, c = "vector", 1, 1, out
+        elif isinstance(op, BatchNorm):
+            _check_norm(op, h * w * c if mode == "flat" else c, problems)
+    if mode == "flat":
+        problems.append("the head ends in a flatten, without a dense layer after it")
+    elif (h, w) != (1, 1):
+        problems.append(f"the head ends in a {h}x{w} map, not one vector of logits")
