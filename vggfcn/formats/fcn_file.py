@@ -11,6 +11,7 @@ plus where the network came from and how to feed it (`metadata`).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from ..arch import MIN_INPUT, PLANS, conv_names
 from ..errors import ArchitectureError, FormatError
@@ -167,7 +168,24 @@ def read(path: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> FCN:
         layer(n, n, a == "relu") for (_, n), a in zip(head, activations, strict=True)
     )
     precision = meta.get("dtype", "float32")
-    info = FCNInfo(
+    stored_as = f"vggfcn-safetensors v{FORMAT_VERSION} {layout} {scheme} {precision}"
+    fcn = FCN(plan, trunk_layers, head_layers, info_from_metadata(path, meta, stored_as))
+    check_shapes(fcn)
+    return fcn
+
+
+def _float(tensor: Tensor) -> Tensor:
+    return Tensor.wrap(tensor.source, tensor.where)
+
+
+def info_from_metadata(path: str, meta: Mapping[str, str], stored_as: str) -> FCNInfo:
+    """What a converted file's metadata (`metadata`) says about its network, whatever format
+    stores it (safetensors `__metadata__`, ONNX `metadata_props`, our `.keras` metadata).
+
+    Raises:
+        FormatError: an `input_size` that is not H,W.
+    """
+    return FCNInfo(
         path=path,
         source_format=meta.get("source_format", "unknown"),
         input_size=_size(meta, path),
@@ -175,16 +193,9 @@ def read(path: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> FCN:
         channel_order=_choice(meta, "channel_order", ("rgb", "bgr")),  # type: ignore[arg-type]
         preprocessing=_choice(meta, "preprocessing", ("caffe", "torch")),  # type: ignore[arg-type]
         batch_norm=meta.get("source_batch_norm", "none"),
-        precision=precision,
-        stored_as=f"vggfcn-safetensors v{FORMAT_VERSION} {layout} {scheme} {precision}",
+        precision=meta.get("dtype", "float32"),
+        stored_as=stored_as,
     )
-    fcn = FCN(plan, trunk_layers, head_layers, info)
-    check_shapes(fcn)
-    return fcn
-
-
-def _float(tensor: Tensor) -> Tensor:
-    return Tensor.wrap(tensor.source, tensor.where)
 
 
 def check_shapes(fcn: FCN) -> None:
@@ -242,7 +253,7 @@ def _activations(meta: dict[str, str], count: int, path: str) -> list[str]:
     return values
 
 
-def _size(meta: dict[str, str], path: str) -> tuple[int, int]:
+def _size(meta: Mapping[str, str], path: str) -> tuple[int, int]:
     text = meta.get("input_size")
     if text is None:
         return (MIN_INPUT, MIN_INPUT)
@@ -252,7 +263,7 @@ def _size(meta: dict[str, str], path: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def _output(meta: dict[str, str]) -> OutputActivation:
+def _output(meta: Mapping[str, str]) -> OutputActivation:
     if "source_output_activation" in meta:
         return _OUTPUTS.get(meta["source_output_activation"], "unknown")
     return {"yes": "softmax", "no": "linear"}.get(meta.get("source_softmax", ""), "unknown")  # type: ignore[return-value]

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import FormatError
 from ..precision import DTYPES, BFloat16Source, encode
 from ..tensor import Tensor
+from .blocks import BLOCK_BYTES, checked_blocks
 from .detect import SAFETENSORS_MAX_HEADER
 from .region import FileRegion
 
@@ -44,8 +45,6 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-#: Bytes handed to the OS per write: large enough for full disk speed, small enough for memory.
-BLOCK_BYTES = 16 << 20
 
 
 @contextlib.contextmanager
@@ -110,19 +109,9 @@ def write(
     header = header_bytes(shapes, metadata, dtype)
     f.write(header)
     for name in sorted(tensors):
-        bad = 0
-        for block in tensors[name].blocks(BLOCK_BYTES):
-            # A float32 sum is finite when no element is NaN/Inf: one cheap pass, and only a
-            # sum that is not (a NaN, or finite weights whose sum overflows) counts them.
-            if not allow_nonfinite and not np.isfinite(_sum(block)):
-                bad += int(np.count_nonzero(~np.isfinite(block)))
+        for block in checked_blocks(tensors[name], allow_nonfinite, BLOCK_BYTES):
             f.write(encode(block, dtype, tensors[name].where).data)
             progress(block.nbytes)
-        if bad:
-            raise FormatError(
-                f"{tensors[name].where}: {bad} NaN/Inf value(s); refusing to convert "
-                "(--allow-nonfinite converts them as they are)"
-            )
     if final_metadata is not None:
         final = header_bytes(shapes, final_metadata(), dtype)
         if len(final) != len(header):
@@ -131,11 +120,6 @@ def write(
         f.seek(0)
         f.write(final)
         f.seek(end)
-
-
-@np.errstate(over="ignore", invalid="ignore")  # the result says it: no RuntimeWarning needed
-def _sum(block: np.ndarray) -> float:
-    return float(block.sum(dtype=np.float32))
 
 
 def read_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
