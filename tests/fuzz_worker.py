@@ -36,7 +36,7 @@ EXAMPLE_TIMEOUT = 8.0
 #: cells) — every check verify has, at a fraction of the default cost.
 VERIFY_OPTIONS: dict[str, Any] = {"images": 1, "probes": 2, "sizes": (256,)}
 #: Formats whose readers go through the HDF5 C library.
-HDF5_FORMATS = ("keras1", "keras3-weights")
+HDF5_FORMATS = ("keras1", "keras3-weights", "keras-archive")
 #: The seed our own format is converted from, and verified against: not HDF5, whose reader
 #: is the slowest to open, since every fcn example opens it again.
 FCN_ORIGINAL = "torchvision-safetensors"
@@ -54,6 +54,7 @@ def write_seeds(folder: Path) -> dict[str, Path]:
     import safetensors.torch
     import torch
 
+    from fixtures.finetuned import keras_finetuned
     from fixtures.generate import Widths, write_checkpoint
     from fixtures.torch_vgg import classifier
     from vggfcn.api import convert_file
@@ -64,6 +65,7 @@ def write_seeds(folder: Path) -> dict[str, Path]:
     seeds = {
         "keras1": folder / "seed_keras1.h5",
         "keras3-weights": folder / "seed_keras3.weights.h5",
+        "keras-archive": folder / "seed_finetuned.keras",
         "torchvision-pth": folder / "seed_torchvision.pth",
         "torchvision-safetensors": folder / "seed_torchvision.safetensors",
         "tensorflow-vgg": folder / "seed_vgg16.npy",
@@ -71,6 +73,7 @@ def write_seeds(folder: Path) -> dict[str, Path]:
     }
     write_checkpoint(seeds["keras1"], "keras1", widths)
     write_checkpoint(seeds["keras3-weights"], "keras3-weights", widths)
+    keras_finetuned("flatten", 64, widths=widths).save(str(seeds["keras-archive"]))
     state = {k: v.detach().clone() for k, v in classifier(widths.convs, 4, 3).state_dict().items()}
     torch.save(state, seeds["torchvision-pth"])
     safetensors.torch.save_file(state, str(seeds["torchvision-safetensors"]))

@@ -38,6 +38,7 @@ from tests.fuzz_worker import (
 FORMATS = (
     "keras1",
     "keras3-weights",
+    "keras-archive",
     "torchvision-pth",
     "torchvision-safetensors",
     "fcn",

@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 import vggfcn.convert as compile_
-from fixtures.torch_vgg import timm_state_dict
+from fixtures.finetuned import keras_finetuned
+from fixtures.generate import TINY
+from fixtures.torch_vgg import classifier, timm_state_dict
 from vggfcn.cli import main
-from vggfcn.graph import Conv, Dense, FlattenOrder
+from vggfcn.graph import BatchNorm, Conv, Dense, FlattenOrder, Op
 from vggfcn.tensor import Tensor
 
 Patch = Callable[[pytest.MonkeyPatch], None]
@@ -71,12 +74,34 @@ def _hwc_rows_read_as_chw(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compile_, "_dense_as_conv", dense_as_conv)
 
 
+def _batch_norms_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold that forgets the batch norms: the layers keep their unfolded kernels."""
+
+    def skip(ops: tuple[Op, ...], path: str) -> tuple[tuple[Op, ...], tuple[float, ...]]:
+        return tuple(op for op in ops if not isinstance(op, BatchNorm)), ()
+
+    monkeypatch.setattr(compile_, "fold_batch_norms", skip)
+
+
+def _global_average_not_divided(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GlobalAveragePooling2D -> Dense(W) as taps W (a sum), not W / (p_h * p_w)."""
+
+    class Summed(compile_._Averaged):
+        def __getitem__(self, key: object) -> np.ndarray:
+            return super().__getitem__(key) * np.float32(self.h * self.w)
+
+    monkeypatch.setattr(compile_, "_Averaged", Summed)
+
+
 BUGS: dict[str, tuple[str, Patch]] = {
     "trunk OIHW->HWIO swaps H and W": ("torchvision.pth", _trunk_kernels_h_w_swapped),
     "fc6 (C, H, W) columns with H and W swapped": ("torchvision.pth", _fc6_columns_h_w_swapped),
     "timm's conv fc6 with H and W swapped": ("timm.pth", _timm_conv_fc6_h_w_swapped),
     "a square dense kernel transposed": ("torchvision.pth", _square_dense_kernel_transposed),
     "Keras (H, W, C) rows read as (C, H, W)": ("keras1", _hwc_rows_read_as_chw),
+    "batch norms after a dense layer skipped": ("keras-bn.keras", _batch_norms_skipped),
+    "batch norms in the trunk skipped": ("vgg16_bn.pth", _batch_norms_skipped),
+    "global average pooling not divided": ("keras-gap.keras", _global_average_not_divided),
 }
 
 
@@ -86,12 +111,18 @@ def originals(
     state: dict[str, torch.Tensor],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Path]:
-    """Files written by real torch (torchvision and timm layouts) and a Keras 1 file."""
-    timm = tmp_path_factory.mktemp("timm") / "timm.pth"
-    torch.save(timm_state_dict(state), timm)
+    """Files written by real torch (torchvision, timm, `_bn`), real Keras 3 (fine-tuned heads
+    with a batch norm, with global average pooling) and a Keras 1 file."""
+    folder = tmp_path_factory.mktemp("originals")
+    torch.save(timm_state_dict(state), folder / "timm.pth")
+    bn = classifier(TINY.convs, TINY.fc[0], TINY.classes, batch_norm=True)
+    torch.save(bn.state_dict(), folder / "vgg16_bn.pth")
+    keras_finetuned("bn-after-relu").save(str(folder / "keras-bn.keras"))
+    keras_finetuned("gap").save(str(folder / "keras-gap.keras"))
+    made = ("timm.pth", "vgg16_bn.pth", "keras-bn.keras", "keras-gap.keras")
     return {
+        **{name: folder / name for name in made},
         "torchvision.pth": sources["torchvision.pth"],
-        "timm.pth": timm,
         "keras1": sources["keras1"],
     }
 
@@ -102,7 +133,7 @@ def test_injected_bug_makes_a_wrong_file_that_verify_rejects(
 ) -> None:
     kind, inject = BUGS[bug]
     source, out = originals[kind], tmp_path / "wrong.fcn.safetensors"
-    args = ["--layout", "oihw", "--names", "torch"] if kind != "keras1" else []
+    args = ["--layout", "oihw", "--names", "torch"] if kind.endswith(".pth") else []
     with monkeypatch.context() as patch:
         inject(patch)
         converted = CliRunner().invoke(main, ["convert", *args, str(source), str(out)])
@@ -112,7 +143,7 @@ def test_injected_bug_makes_a_wrong_file_that_verify_rejects(
     assert verified.stdout.splitlines()[-1].startswith("FAIL")
 
 
-@pytest.mark.parametrize("kind", ["torchvision.pth", "timm.pth", "keras1"])
+@pytest.mark.parametrize("kind", sorted({kind for kind, _ in BUGS.values()}))
 def test_without_the_bug_the_same_files_verify(
     kind: str, originals: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -202,7 +202,7 @@ class PredictResult:
     scores: np.ndarray  # (N, H//32 - p_h + 1, W//32 - p_w + 1, classes) logits
     preprocess: str
     input_shape: tuple[int, ...]
-    window: Size  # the input pixels each cell sees (224x224 for a stock VGG)
+    window: Size  # the input each cell is the classifier of: the size it was built for
     labels: list[str] | None  # class names from --labels, if given
 
 
@@ -238,7 +238,7 @@ def predict_file(
     if out is not None:
         with atomic_write(out) as f:
             np.save(f, scores, allow_pickle=False)
-    return PredictResult(scores, mode, tuple(x.shape), fcn.min_input, names)
+    return PredictResult(scores, mode, tuple(x.shape), fcn.info.input_size, names)
 
 
 @dataclass(frozen=True)

@@ -442,22 +442,30 @@ def inspect(file: str, input_size: tuple[int, int] | None, as_json: bool) -> Non
     for note in notes:
         click.echo(f"note: {note}")
     rows: list[dict[str, Any]] = info["layers"]  # type: ignore[assignment]
+    for line in _layer_lines(rows):
+        click.echo("  " + line)
+
+
+def _layer_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per layer: name, class, shape (and layout), dtype, parameters; an activation
+    that is part of the layer before it is shown on that layer's line."""
+    lines: list[str] = []
     for row in rows:
-        click.echo("  " + _layer_line(row))
-
-
-def _layer_line(row: dict[str, Any]) -> str:
-    """One layer of `inspect`: name, class, shape (and layout), dtype, parameters."""
-    name, kind = f"{row['name']:<22}", f"{row['class']:<14}"
-    if "kernel_shape" in row:
-        shape = "x".join(map(str, row["kernel_shape"])) + f" {row.get('layout', '')}".rstrip()
-        extra = f"  ({row['source_name']})" if row.get("source_name") else ""
-        if "activation" in row:
-            extra = f" {row['activation']}" + extra
-        return f"{name} {kind} {shape:<24} {row['dtype']:<8} {row['parameters']:>12,}{extra}"
-    skip = ("name", "class", "parameters")
-    details = ", ".join(f"{k} {v}" for k, v in row.items() if k not in skip)
-    return f"{name} {kind} {details}".rstrip()
+        if row["class"] == "Activation" and row.get("fused") and lines:
+            lines[-1] += f" +{row['kind']}"
+            continue
+        name, kind = f"{row['name']:<16}", f"{row['class']:<13}"
+        if "kernel_shape" in row:
+            shape = "x".join(map(str, row["kernel_shape"])) + f" {row.get('layout', '')}".rstrip()
+            source = f"  ({row['source_name']})" if row.get("source_name") else ""
+            activation = f" +{row['activation']}" if row.get("activation") == "relu" else ""
+            line = f"{name} {kind} {shape:<20} {row['dtype']:<8} {row['parameters']:>12,}"
+            lines.append(line + activation + source)
+            continue
+        skip = ("name", "class", "parameters", "fused")
+        details = ", ".join(f"{k} {v}" for k, v in row.items() if k not in skip)
+        lines.append(f"{name} {kind} {details}".rstrip())
+    return lines
 
 
 def _selfcheck(quiet: bool, as_json: bool) -> None:

@@ -41,9 +41,9 @@ def fold_batch_norms(ops: tuple[Op, ...], path: str) -> tuple[tuple[Op, ...], tu
     for op in ops:
         if isinstance(op, BatchNorm):
             eps.append(op.eps)
-            previous = out[-1] if out else None
-            if pending is None and isinstance(previous, Conv | Dense):
-                out[-1] = _fold_after(previous, op)
+            at = _last_layer(out)  # identities (dropout, linear) between do not matter
+            if pending is None and at is not None:
+                out[at] = _fold_after(out[at], op)  # type: ignore[arg-type]
             elif pending is None:
                 pending = op
             else:
@@ -56,9 +56,7 @@ def fold_batch_norms(ops: tuple[Op, ...], path: str) -> tuple[tuple[Op, ...], tu
                 )
             out.append(_fold_before(pending, op))
             pending = None
-        elif pending is not None and not (
-            isinstance(op, Dropout) or (isinstance(op, Activation) and op.kind == "linear")
-        ):
+        elif pending is not None and not _identity(op):
             raise ArchitectureError(
                 f"{path}: {pending.name} is followed by {op.name} before any layer it could be "
                 "folded into"
@@ -68,6 +66,20 @@ def fold_batch_norms(ops: tuple[Op, ...], path: str) -> tuple[tuple[Op, ...], tu
     if pending is not None:
         raise ArchitectureError(f"{path}: {pending.name} ends the network; nothing to fold it into")
     return tuple(out), tuple(eps)
+
+
+def _last_layer(ops: list[Op]) -> int | None:
+    """Index of the last op if it is a layer, looking past identities; None otherwise."""
+    for i in range(len(ops) - 1, -1, -1):
+        if isinstance(ops[i], Conv | Dense):
+            return i
+        if not _identity(ops[i]):
+            return None
+    return None
+
+
+def _identity(op: Op) -> bool:
+    return isinstance(op, Dropout) or (isinstance(op, Activation) and op.kind == "linear")
 
 
 def _affine(norm: BatchNorm) -> tuple[np.ndarray, np.ndarray]:

@@ -98,8 +98,12 @@ class Dropout:
 
 @dataclass(frozen=True)
 class Activation:
+    """An activation; `fused` when the file makes it part of the layer before it (Keras'
+    `activation=` argument) or implies it without a layer of its own (a state dict's ReLUs)."""
+
     name: str
     kind: ActivationKind
+    fused: bool = False
 
 
 Op = Conv | Dense | BatchNorm | MaxPool | Flatten | GlobalAvgPool | Dropout | Activation
@@ -192,7 +196,7 @@ def vgg_trunk(
             norm = norms[index] if norms else None
             if norm is not None:
                 ops.append(norm)
-            ops.append(Activation(f"{conv.name} relu", "relu"))
+            ops.append(Activation(f"{conv.name}.relu", "relu", fused=True))
             index += 1
         ops.append(MaxPool(pool_names[block] if pool_names else f"block{block + 1}_pool"))
     return ops

@@ -70,7 +70,8 @@ def top_cells(
     scores: np.ndarray, k: int, window: tuple[int, int], labels: list[str] | None = None
 ) -> list[Cell]:
     """The top-k classes of every cell: names from `labels`, else ImageNet names for
-    1000-class networks. `window` is the input size each cell sees (`FCN.min_input`)."""
+    1000-class networks. `window` is the input each cell is the classifier of, at stride 32
+    (the size the classifier was built for, `FCNInfo.input_size`)."""
     n, h, w, classes = scores.shape
     k = min(k, classes)
     probabilities = softmax(scores, axis=-1)

@@ -59,7 +59,7 @@ def random_classifier(arch: Arch = TINY, seed: int = 0) -> SourceGraph:
     for i, (name, k, b) in enumerate(layers[n:]):
         ops.append(Dense(name, k, b, "IO"))
         if i < 2:
-            ops.append(Activation(f"{name} relu", "relu"))
+            ops.append(Activation(f"{name}.relu", "relu", fused=True))
     return SourceGraph(
         ops=tuple(ops),
         input=InputSpec(size=(224, 224), size_from="file"),

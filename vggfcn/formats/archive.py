@@ -34,10 +34,10 @@ def open(path: str) -> Iterator[SourceGraph | FCN]:  # noqa: A001 (the reader co
 
 
 def _is_keras(path: str) -> bool:
-    """Whether the central directory names a Keras archive's members (a corrupt one is left for
-    the PyTorch reader to describe)."""
+    """Whether the central directory names a Keras archive's member (the Keras reader says
+    which one is missing; a corrupt archive is left for the PyTorch reader to describe)."""
     try:
         with zipfile.ZipFile(path) as z:
-            return KERAS_MEMBERS <= set(z.namelist())
+            return bool(KERAS_MEMBERS & set(z.namelist()))
     except ZIP_ERRORS:
         return False

@@ -318,7 +318,16 @@ def _weighted_ops(layer: KerasLayer, where: str) -> list[Op | _Output]:
                 f"says {units} units"
             )
         op = Dense(name, kernel, bias, "IO")
-    return [op, _activation(f"{name} activation", c.get("activation", "linear"), where)]
+    activation = _activation(f"{name}.activation", c.get("activation", "linear"), where, True)
+    # A layer's own linear activation is no op of the file's; only the others are kept.
+    return (
+        [op]
+        if isinstance(activation, Activation) and activation.kind == "linear"
+        else [
+            op,
+            activation,
+        ]
+    )
 
 
 def _batch_norm(layer: KerasLayer, where: str) -> BatchNorm:
@@ -341,9 +350,9 @@ def _batch_norm(layer: KerasLayer, where: str) -> BatchNorm:
     return BatchNorm(name, gamma, beta, weights[0], weights[1], float(eps))
 
 
-def _activation(name: str, value: Any, where: str) -> Activation | _Output:
+def _activation(name: str, value: Any, where: str, fused: bool = False) -> Activation | _Output:
     if value in ("relu", "linear", None):
-        return Activation(name, "relu" if value == "relu" else "linear")
+        return Activation(name, "relu" if value == "relu" else "linear", fused)
     if value in _OUTPUT_ACTIVATIONS:
         return _Output(name, _OUTPUT_ACTIVATIONS[value])
     raise FormatError(
@@ -425,7 +434,7 @@ def ops_from_weights(
     for i, dense in enumerate(denses):
         ops.append(dense)
         if i + 1 < len(denses):
-            ops.append(Activation(f"{dense.name} activation", "relu"))
+            ops.append(Activation(f"{dense.name}.activation", "relu", fused=True))
     assumed = ("activations between dense layers assumed relu: the file holds no model config",)
     return KerasModel(
         ops=tuple(ops),

@@ -143,7 +143,7 @@ def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> Source
     for i, name in enumerate(TF_HEAD):
         ops.append(Dense(name, *pairs[name], "IO"))
         if i < len(TF_HEAD) - 1:
-            ops.append(Activation(f"relu{6 + i}", "relu"))
+            ops.append(Activation(f"{name}.relu", "relu", fused=True))
     return SourceGraph(
         ops=tuple(ops),
         input=InputSpec(channel_order="bgr", preprocessing="caffe"),
@@ -216,7 +216,7 @@ def _torchvision_head(tensors: Mapping[str, Tensor], layers: list[str]) -> list[
         if f"{norm_name}.running_mean" in tensors:
             ops.append(_torch_norm(tensors, norm_name))
         if i + 1 < len(layers):
-            ops += [Activation(f"{name} relu", "relu"), Dropout(f"{name} dropout")]
+            ops += [Activation(f"{name}.relu", "relu", fused=True), Dropout(f"{name}.dropout")]
     return ops
 
 
@@ -231,10 +231,10 @@ def _timm_head(tensors: Mapping[str, Tensor]) -> list[Op]:
     )
     return [
         Conv(fc1, _float(tensors, f"{fc1}.weight"), _optional(tensors, fc1), "OIHW", "valid"),
-        Activation(f"{fc1} relu", "relu"),
+        Activation(f"{fc1}.relu", "relu", fused=True),
         Dropout("pre_logits.drop"),
         middle,
-        Activation(f"{fc2} relu", "relu"),
+        Activation(f"{fc2}.relu", "relu", fused=True),
         GlobalAvgPool("head.global_pool"),
         Dense(fc, _float(tensors, f"{fc}.weight"), _optional(tensors, fc), "OI"),
     ]
