@@ -44,9 +44,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     torch_224 = forward_figures(args.repeats)
     files = {g: ensure_checkpoint(g) for g in args.generations.split(",")}
+    files["fine-tuned .keras"] = ensure_finetuned()
     convert_figures(files, args.repeats)
     source = files.get("keras1") or next(iter(files.values()))
     verify_figures(source, args.repeats, torch_224)
+    verify_figures(files["fine-tuned .keras"], args.repeats, torch_224)
     predict_figures(source, args.repeats)
 
 
@@ -79,6 +81,16 @@ def ensure_checkpoint(generation: str) -> Path:
         run(
             [PY, "-m", "fixtures.generate", "--size", "full", "--generation", generation, str(path)]
         )
+    return path
+
+
+def ensure_finetuned() -> Path:
+    """A full-size transfer-learning model saved by Keras 3: keras.applications VGG16 nested in
+    a Sequential with Flatten, two 4096-unit dense layers and 10 classes (134 M parameters)."""
+    path = CACHE / "vgg16_finetuned.keras"
+    if not path.exists():
+        print(f"generating {path} (once) ...", flush=True)
+        run([PY, "-m", "fixtures.finetuned", "--full", str(path)])
     return path
 
 
@@ -180,10 +192,10 @@ def forward_figures(repeats: int) -> float | None:
 
 def verify_figures(source: Path, repeats: int, torch_224: float | None) -> None:
     print(
-        "3. vggfcn verify, full-size VGG16 "
+        f"3. vggfcn verify, full-size {source.name} "
         "(targets: wall <= 7x one torch 224 forward, RSS <= 1.3x file)"
     )
-    converted = CACHE / "verify.fcn.safetensors"
+    converted = CACHE / f"verify-{source.stem}.fcn.safetensors"
     converted.unlink(missing_ok=True)  # always from this version of vggfcn
     run([PY, "-m", "vggfcn", "convert", "-q", str(source), str(converted)])
     walls, peaks = [], []
@@ -210,7 +222,7 @@ def verify_figures(source: Path, repeats: int, torch_224: float | None) -> None:
 
 def predict_figures(source: Path, repeats: int) -> None:
     print("\n4. vggfcn predict, full-size VGG16 FCN, one image (target: a few GB at most at 1024)")
-    converted = CACHE / "verify.fcn.safetensors"
+    converted = CACHE / "verify-vgg16_full_keras1.fcn.safetensors"
     import numpy as np
 
     for size in (448, 1024):

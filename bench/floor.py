@@ -2,27 +2,51 @@
 
 Same interpreter, same imports as `vggfcn convert` (h5py, numpy), same disk work (every weight
 read from the HDF5 file in 16 MiB chunks, written once to one output file, fsynced), and no
-conversion at all. `vggfcn convert` is measured as a ratio to this, in the same run.
+conversion at all. `vggfcn convert` is measured as a ratio to this, in the same run. A `.keras`
+archive's HDF5 member is read in place, through a file object over its bytes, as vggfcn does.
 
-Usage: python -m bench.floor IN.h5 OUT
+Usage: python -m bench.floor IN.h5|IN.keras OUT
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+import zipfile
+from typing import Any
 
 import h5py
 import numpy as np
 
+from vggfcn.formats.keras_archive import _Range
+from vggfcn.formats.zip_member import data_start
+
 CHUNK = 16 << 20
+
+
+def _open(source: str) -> Any:
+    """An HDF5 file, or a `.keras` archive's weights member read in place."""
+    if not zipfile.is_zipfile(source):
+        return h5py.File(source, "r")
+    with zipfile.ZipFile(source) as z:
+        info = z.getinfo("model.weights.h5")
+    with open(source, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+
+        def read(at: int, n: int) -> bytes:
+            f.seek(at)
+            return f.read(n)
+
+        start = data_start(source, info, read, size)
+    return h5py.File(io.BufferedReader(_Range(source, start, info.file_size)), "r")
 
 
 def copy_datasets(source: str, output: str) -> int:
     """Copy the bytes of every dataset of `source` into `output`; return bytes written."""
     datasets: list[h5py.Dataset] = []
     written = 0
-    with h5py.File(source, "r") as f, open(output, "wb") as out:
+    with _open(source) as f, open(output, "wb") as out:
         f.visititems(
             lambda _name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None
         )

@@ -142,22 +142,15 @@ def verify(
             activations are not finite.
     """
     native = _check_pair(original, converted)
-    # Each tensor is read from disk once. The trunks (a tenth of the model) stay in memory for
-    # every input size; each head layer is read, applied to all its inputs and dropped.
-    original, converted = _trunk_in_memory(original), _fcn_trunk_in_memory(converted)
     default_atol, default_rtol = TOLERANCES.get(converted.info.precision, (ATOL, RTOL))
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
-    # The trunk is the same function of the same weights in both networks when the converted
-    # file holds, bit for bit, the trunk the referee reads from the original: then its pool5
-    # *is* the original's, and running it again would prove nothing and double the cost.
-    shared = trunks_identical(original, converted)
     window = _window(original)
     big_sizes = _spatial_sizes(original, native, sizes)
     channels = original.input.channels
     inputs = [sample_images(1, seed, s, channels) for s in reversed(big_sizes)]  # largest first
     inputs.append(sample_images(images, seed, native, channels))
-    *big_pool5s, (pool5, fcn_pool5) = _pool5s(original, converted, shared, inputs)
+    shared, (*big_pool5s, (pool5, fcn_pool5)) = _pool5s(original, converted, inputs)
     _require_finite(pool5, original)
     # Probes: random non-negative pool5 volumes on the activations' scale, through both heads.
     # Cheap (no trunk), and they reach the fc6 weights that one image's zero activations hide.
@@ -225,19 +218,26 @@ def _spatial_sizes(
 
 
 def _pool5s(
-    original: SourceGraph, converted: FCN, shared: bool, inputs: Sequence[np.ndarray]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Both networks' pool5 for each input (computed once when the trunks are shared).
+    original: SourceGraph, converted: FCN, inputs: Sequence[np.ndarray]
+) -> tuple[bool, list[tuple[np.ndarray, np.ndarray]]]:
+    """Whether the trunks are shared, and both networks' pool5 for each input.
 
-    The passes share one set of buffers, largest input first so later passes fit in them; the
-    buffers are gone when this returns, before the heads map their largest kernels.
+    Each trunk tensor is read from disk once: the trunks (a tenth of the model) are held in
+    memory for every input size, and dropped when this returns, before the heads map their
+    largest kernels; so are the buffers the passes share (largest input first, so later passes
+    fit in them). The trunk is the same function of the same weights in both networks when the
+    converted file holds, bit for bit, the trunk the referee reads from the original: then its
+    pool5 *is* the original's, computed once — running it again would prove nothing and double
+    the cost.
     """
+    original, converted = _trunk_in_memory(original), _fcn_trunk_in_memory(converted)
+    shared = trunks_identical(original, converted)
     scratch = forward.Scratch()
     out = []
     for x in inputs:
         pool5 = referee.pool5(original, x, scratch)
         out.append((pool5, pool5 if shared else forward.trunk(converted, x, scratch)))
-    return out
+    return shared, out
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float) -> Agreement:

@@ -69,7 +69,15 @@ class FileRegion:
         return self._map(self.offset + start * row_bytes, length).view(self.dtype).reshape(shape)
 
     def _map(self, position: int, length: int) -> np.ndarray:
-        """`length` bytes at `position`, as read-only uint8 viewing a private map."""
+        """`length` bytes at `position`, as read-only uint8 viewing a private map.
+
+        Weights at an offset that is not a multiple of their size (a `.keras` archive puts its
+        HDF5 member wherever the config before it ends) would make every later operation (BLAS
+        included) take a slow unaligned path: those are read into an aligned array instead —
+        one copy, not a map *and* a copy of a 400 MB tensor at once.
+        """
+        if position % self.dtype.itemsize:
+            return self._read(position, length)
         base = position - position % mmap.ALLOCATIONGRANULARITY
         try:
             with open(self.path, "rb") as f:
@@ -84,7 +92,22 @@ class FileRegion:
             raise FormatError(
                 f"{self.path}: cannot map {length} bytes at {position} ({e})"
             ) from None
-        data = np.frombuffer(view, np.uint8, count=length, offset=position - base)
-        # Weights at an offset that is not a multiple of their size would make every later
-        # operation (BLAS included) take a slow unaligned path: pay one copy instead.
-        return data if position % self.dtype.itemsize == 0 else data.copy()
+        return np.frombuffer(view, np.uint8, count=length, offset=position - base)
+
+    def _read(self, position: int, length: int) -> np.ndarray:
+        """`length` bytes at `position`, read into a fresh (aligned) array."""
+        out = np.empty(length, np.uint8)
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                done = 0
+                while done < length:
+                    count = os.preadv(f.fileno(), [memoryview(out)[done:]], position + done)
+                    if count == 0:
+                        raise OSError("unexpected end of file")
+                    done += count
+        except OSError as e:
+            raise FormatError(
+                f"{self.path}: cannot read {length} bytes at {position} ({e})"
+            ) from None
+        out.flags.writeable = False  # as a map's view would be: weights are not ours to edit
+        return out
