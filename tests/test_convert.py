@@ -76,6 +76,7 @@ def test_output_holds_every_tensor_with_metadata(
         "names": "vggfcn",
         "dtype": "float32",
         "classes": str(TINY.classes),
+        "head": "classifier",
         "head_activations": "relu,relu,linear",
         "input_size": "224,224",
         "channel_order": "bgr",

@@ -149,7 +149,7 @@ def test_same_input_and_options_give_identical_bytes(
 def broken_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
     """`to_fcn` with the classic flatten-order bug: right shapes, wrong function."""
     real = vggfcn.convert.to_fcn
-    monkeypatch.setattr(api, "to_fcn", lambda weights: fc6_read_as_chw(real(weights)))
+    monkeypatch.setattr(api, "to_fcn", lambda graph, **kw: fc6_read_as_chw(real(graph, **kw)))
 
 
 def test_convert_verify_refuses_to_publish_a_wrong_conversion(

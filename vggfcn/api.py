@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,15 +22,24 @@ from .atomic import atomic_write, check_output
 from .convert import to_fcn
 from .errors import ArchitectureError, MismatchError, VggfcnError
 from .fcn import FCN
-from .formats import Network, load, safetensors_io
-from .formats.fcn_file import LAYOUTS, NAME_SCHEMES, metadata, named_tensors, tensor_names
+from .formats import Network, load, onnx_file, safetensors_io
+from .formats.fcn_file import LAYOUTS, NAME_SCHEMES, metadata, named_tensors
 from .graph import SourceGraph
 from .inspection import describe
 from .precision import DTYPES
 from .predict import as_fcn, class_probabilities, score_map
-from .verify import VerifyResult, verify
+from .reduce import reduce_head
+from .verify import ReducedResult, VerifyResult, verify, verify_reduced
 
 Size = tuple[int, int]
+#: What `convert --head` makes of the classifier's head.
+HEADS = ("classifier", "reduced", "reduced-fc8")
+#: Output formats and their writers (`write(f, fcn, metadata, progress, allow_nonfinite)`);
+#: safetensors has options of its own (layout, names, dtype) and is written apart.
+OUTPUTS: dict[str, object] = {
+    "safetensors": safetensors_io.write,
+    "onnx": onnx_file.write,
+}
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,15 @@ class ConvertResult:
     """`convert_file`'s answer: what was written, and the check made before publishing."""
 
     output: str
+    format: str  # "safetensors", "onnx" or "keras"
     arch: str
+    head: str  # "classifier", or "reduced" (a backbone initialisation)
     classes: int
     parameters: int
     fc6_shape: tuple[int, ...]
     bytes_written: int
     source_sha256: str
-    verification: VerifyResult | None  # with verify_output: the check made before publishing
+    verification: VerifyResult | ReducedResult | None  # with verify_output: the check made
 
 
 def convert_file(
@@ -58,8 +70,12 @@ def convert_file(
     allow_nonfinite: bool = False,
     progress: bool = False,
     input_size: Size | None = None,
+    head: str = "classifier",
+    channel_order: str | None = None,
+    to: str | None = None,
 ) -> ConvertResult:
-    """Convert a VGG classifier checkpoint into a fully-convolutional safetensors file.
+    """Convert a VGG classifier checkpoint into a fully-convolutional network: safetensors
+    weights, or a runnable ONNX or Keras `.keras` model.
 
     Example:
         >>> convert_file("vgg16.h5", "vgg16.fcn.safetensors").fc6_shape
@@ -74,16 +90,42 @@ def convert_file(
         allow_nonfinite: convert NaN/Inf weights instead of refusing them.
         progress: show a progress bar on stderr.
         input_size: (H, W) the classifier was built for, when its file does not say.
+        head: "classifier" (the original's head, convolutional), "reduced" (SSD/DeepLab's
+            decimated fc6/fc7, `reduce`) or "reduced-fc8" (the same, with fc8 decimated).
+        channel_order: "rgb" or "bgr": the input channel order the output takes (conv1 is
+            flipped when the source expects the other).
+        to: the output format, "safetensors", "onnx" or "keras"; by default OUTPUT's
+            extension says.
 
     Raises:
         VggfcnError: bad options or input (FormatError, ArchitectureError), output
         (OutputError) or a failed verification (MismatchError); the output is then neither
         created nor changed.
     """
-    if layout not in LAYOUTS or names not in NAME_SCHEMES or dtype not in DTYPES:
+    if (
+        layout not in LAYOUTS
+        or names not in NAME_SCHEMES
+        or dtype not in DTYPES
+        or head not in HEADS
+        or channel_order not in (None, "rgb", "bgr")
+    ):
         raise VggfcnError(
-            f"layout must be one of {LAYOUTS}, names one of {NAME_SCHEMES}, "
-            f"dtype one of {tuple(DTYPES)}"
+            f"layout must be one of {LAYOUTS}, names one of {NAME_SCHEMES}, dtype one of "
+            f"{tuple(DTYPES)}, head one of {HEADS}, channel order rgb or bgr"
+        )
+    if names == "ssd" and (layout != "oihw" or head != "reduced"):
+        raise VggfcnError(
+            "--names ssd writes ssd.pytorch's VGG16 backbone: it needs --head reduced and "
+            "--layout oihw (nn.Conv2d kernels)"
+        )
+    kind = output_format(output, to)
+    if kind != "safetensors" and (
+        (layout, names, dtype) != ("hwio", "vggfcn", "float32") or head != "classifier"
+    ):
+        raise VggfcnError(
+            f"{output}: a .{kind} output is the runnable float32 network in its format's own "
+            "layout and names; --layout, --names, --dtype and --head reduced are for "
+            ".safetensors outputs"
         )
     check_output(output, [source], force=force)
     with load(source, input_size=input_size) as network, ThreadPoolExecutor(1) as pool:
@@ -91,24 +133,24 @@ def convert_file(
         # Hash the source on the second core while the first streams the conversion; the
         # digest's fixed length lets the header be written first and patched at the end.
         digest = pool.submit(sha256_file, source)
-        fcn = to_fcn(graph)
-        tensors = named_tensors(fcn, layout, names)
+        fcn = to_fcn(graph, channel_order=channel_order)  # type: ignore[arg-type]
+        if head != "classifier":
+            fcn = reduce_head(fcn, keep_fc8=head == "reduced-fc8")
         name = os.path.basename(source)
-        total = sum(t.size * 4 for t in tensors.values())  # float32 bytes streamed
-        checks: list[VerifyResult] = []
+        checks: list[VerifyResult | ReducedResult] = []
 
         def check(temp: str) -> None:
             with load(temp) as written:
                 if not isinstance(written, FCN):
                     raise VggfcnError(f"{output}: the file written is not a converted network")
-                report = verify(graph, written)
+                report = verify_any(graph, written)
             checks.append(report)
             if not report.passed:
                 raise MismatchError(
-                    f"{output}: verification failed (max scaled error "
-                    f"{_worst(report):.2e} > tolerance); nothing was written"
+                    f"{output}: verification failed ({_failure(report)}); nothing was written"
                 )
 
+        total = fcn.parameter_count() * 4  # float32 bytes streamed
         with (
             _progress(total, progress) as update,
             atomic_write(output, check if verify_output else None) as f,
@@ -117,30 +159,59 @@ def convert_file(
             def final_metadata() -> dict[str, str]:
                 # The hash (SHA-256 runs at ~1.5 GB/s) usually finishes after the data is
                 # written: flush the data to disk meanwhile, so the fsync before publishing
-                # finds only the patched header left to write.
+                # finds only the metadata left to write.
                 f.flush()
                 os.fsync(f.fileno())
                 return metadata(fcn, name, digest.result(), layout, names, dtype)
 
-            safetensors_io.write(
-                f,
-                tensors,
-                metadata(fcn, name, "0" * 64, layout, names, dtype),
-                update,
-                final_metadata=final_metadata,
-                allow_nonfinite=allow_nonfinite,
-                dtype=dtype,
-            )
+            if kind == "safetensors":
+                safetensors_io.write(
+                    f,
+                    named_tensors(fcn, layout, names),
+                    metadata(fcn, name, "0" * 64, layout, names, dtype),
+                    update,
+                    final_metadata=final_metadata,
+                    allow_nonfinite=allow_nonfinite,
+                    dtype=dtype,
+                )
+            else:
+                writer = OUTPUTS[kind]
+                writer(f, fcn, final_metadata, update, allow_nonfinite)  # type: ignore[operator]
         return ConvertResult(
             output=output,
+            format=kind,
             arch=fcn.name,
+            head=fcn.info.head,
             classes=fcn.classes,
             parameters=fcn.parameter_count(),
-            fc6_shape=tensors[tensor_names(fcn, names)[len(fcn.trunk)][0]].shape,
+            fc6_shape=_first_head_shape(fcn, kind, layout),
             bytes_written=os.path.getsize(output),
             source_sha256=digest.result(),
             verification=checks[0] if checks else None,
         )
+
+
+def output_format(output: str, to: str | None) -> str:
+    """The output format: `to`, or the one OUTPUT's extension names (`.onnx`, `.keras`);
+    safetensors otherwise, as before other formats existed (pipelines name outputs freely).
+
+    Raises:
+        VggfcnError: an unknown format.
+    """
+    if to is None:
+        return next(
+            (kind for kind in OUTPUTS if output.lower().endswith(f".{kind}")), "safetensors"
+        )
+    if to not in OUTPUTS:
+        raise VggfcnError(f"--to {to}: expected one of {', '.join(OUTPUTS)}")
+    return to
+
+
+def _first_head_shape(fcn: FCN, kind: str, layout: str) -> tuple[int, ...]:
+    """The first head layer's kernel shape as the output stores it (OIHW for ONNX)."""
+    shape = fcn.head[0].kernel.shape
+    oihw = kind == "onnx" or (kind == "safetensors" and layout == "oihw")
+    return (shape[3], shape[2], shape[0], shape[1]) if oihw else shape
 
 
 def _classifier(network: Network) -> SourceGraph:
@@ -163,8 +234,21 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], object]]:
         yield bar.update
 
 
-def _worst(report: VerifyResult) -> float:
-    return max([report.max_scaled_error, *(c.agreement.max_scaled_error for c in report.spatial)])
+def _failure(report: VerifyResult | ReducedResult) -> str:
+    if isinstance(report, ReducedResult):
+        bad = [f"{c.name} {c.mismatched} value(s)" for c in report.layers if c.mismatched]
+        return ", ".join(bad + ([] if report.trunk_identical else ["trunk differs"]))
+    worst = max([report.max_scaled_error, *(c.agreement.max_scaled_error for c in report.spatial)])
+    return f"max scaled error {worst:.2e} > tolerance"
+
+
+def verify_any(
+    original: SourceGraph, converted: FCN, **options: Any
+) -> VerifyResult | ReducedResult:
+    """`verify` for a converted classifier, `verify_reduced` for a reduced head."""
+    if converted.info.head == "reduced":
+        return verify_reduced(original, converted)
+    return verify(original, converted, **options)
 
 
 def verify_files(
@@ -178,8 +262,9 @@ def verify_files(
     atol: float | None = None,
     rtol: float | None = None,
     input_size: Size | None = None,
-) -> VerifyResult:
-    """Run `verify` on two files: the original classifier and the converted network.
+) -> VerifyResult | ReducedResult:
+    """Run `verify` on two files: the original classifier and the converted network (or
+    `verify_reduced`, when the converted file holds a reduced head).
 
     `sizes` defaults to the side that gives a 3x3 map; `atol`/`rtol` to the tolerance of the
     converted file's precision (`TOLERANCES`).
@@ -190,7 +275,7 @@ def verify_files(
                 f"{original}, {converted}: expected the original classifier first and the "
                 "converted (fully-convolutional) network second"
             )
-        return verify(
+        return verify_any(
             ref, fcn, images=images, probes=probes, sizes=sizes, seed=seed, atol=atol, rtol=rtol
         )
 

@@ -22,7 +22,7 @@ from .formats.fcn_file import LAYOUTS, NAME_SCHEMES
 from .images import PREPROCESS_MODES
 from .precision import DTYPES
 from .predict import top_cells
-from .verify import VerifyResult
+from .verify import ReducedResult, VerifyResult
 
 
 class ExitCode(IntEnum):
@@ -129,6 +129,27 @@ _input_size = click.option(
 @click.option(
     "--allow-nonfinite", is_flag=True, help="Convert NaN/Inf weights instead of refusing."
 )
+@click.option(
+    "--to",
+    type=click.Choice(tuple(api.OUTPUTS)),
+    help="Output format [default: from OUTPUT's extension: .safetensors, .onnx, .keras].",
+)
+@click.option(
+    "--head",
+    type=click.Choice(api.HEADS),
+    default="classifier",
+    show_default=True,
+    help="classifier: the original's head, convolutional. reduced: SSD/DeepLab's decimated "
+    "fc6/fc7 (1024 3x3 and 1x1 filters; a backbone initialisation), reduced-fc8: with fc8.",
+)
+@click.option(
+    "--rgb",
+    "channel_order",
+    flag_value="rgb",
+    help="Take RGB images: flip conv1's input channels if the source expects BGR (Caffe, "
+    "Keras VGG).",
+)
+@click.option("--bgr", "channel_order", flag_value="bgr", help="Take BGR images (the reverse).")
 @_input_size
 @_quiet
 @_json
@@ -141,22 +162,28 @@ def convert(
     force: bool,
     verify_output: bool,
     allow_nonfinite: bool,
+    to: str | None,
+    head: str,
+    channel_order: str | None,
     input_size: tuple[int, int] | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Convert a VGG classifier checkpoint SOURCE into a fully-convolutional OUTPUT.
 
+    OUTPUT's extension picks the format: .safetensors (weights), .onnx (a runnable ONNX model:
+    onnxruntime, TensorRT, OpenVINO) or .keras (a Keras 3 model: keras.saving.load_model).
+
     SOURCE is a Keras model (.keras, or HDF5 of any generation, fine-tuned heads included), a
     torchvision or timm state dict (.pth or safetensors, wrapped or not; pickles are read
-    without running them) or a tensorflow-vgg .npy, chosen by content. OUTPUT is safetensors:
-    the first dense layer becomes a p x p convolution over pool5 (7x7 for a 224x224 VGG), the
-    later ones 1x1 convolutions.
+    without running them) or a tensorflow-vgg .npy, chosen by content. The first dense layer
+    becomes a p x p convolution over pool5 (7x7 for a 224x224 VGG), the later ones 1x1.
 
     \b
     Examples:
       vggfcn convert vgg16_weights_tf_dim_ordering_tf_kernels.h5 vgg16.fcn.safetensors
       vggfcn convert vgg16-397923af.pth vgg16.fcn.safetensors --layout oihw --names torch
+      vggfcn convert finetuned.keras finetuned.fcn.onnx
     """
     result = api.convert_file(
         source,
@@ -169,20 +196,28 @@ def convert(
         allow_nonfinite=allow_nonfinite,
         progress=_show_progress(quiet),
         input_size=input_size,
+        head=head,
+        channel_order=channel_order,
+        to=to,
     )
     if as_json:
         click.echo(json.dumps(asdict(result)))
     elif not quiet:
+        what = "fully convolutional" if result.head == "classifier" else "reduced backbone"
+        first = "fc6" if result.head == "classifier" else "conv6"
+        stored = {"onnx": "OIHW", "keras": "HWIO"}.get(result.format, layout.upper())
         click.echo(
-            f"wrote {result.output}: {result.arch} fully convolutional, {result.classes} classes, "
-            f"{result.parameters:,} parameters, fc6 as {result.fc6_shape} {layout.upper()}"
+            f"wrote {result.output}: {result.arch} {what}, {result.classes} classes, "
+            f"{result.parameters:,} parameters, {first} as {result.fc6_shape} {stored}"
         )
-        if result.verification is not None:
+        check = result.verification
+        if isinstance(check, VerifyResult):
             click.echo(
-                f"verified before publishing: max scaled error "
-                f"{result.verification.max_scaled_error:.1e}, "
-                f"{len(result.verification.spatial)} spatial check(s) passed"
+                f"verified before publishing: max scaled error {check.max_scaled_error:.1e}, "
+                f"{len(check.spatial)} spatial check(s) passed"
             )
+        elif check is not None:
+            click.echo("verified before publishing: trunk bit-identical, every kept value equal")
 
 
 @main.command()
@@ -266,7 +301,9 @@ def verify(
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     elif not quiet:
-        click.echo(_format_report(report))
+        click.echo(
+            _format_report(report) if isinstance(report, VerifyResult) else _format_reduced(report)
+        )
     if not report.passed:
         click.get_current_context().exit(ExitCode.MISMATCH)
 
@@ -506,6 +543,24 @@ def _format_report(r: VerifyResult) -> str:
             f"({r.precision} weights)",
             f"  compared          logits (the original's output activation: {r.output_activation})",
             "PASS" if r.passed else "FAIL: outputs differ beyond tolerance",
+        ]
+    )
+
+
+def _format_reduced(r: ReducedResult) -> str:
+    """A reduced head is a backbone initialisation: its values are checked, not its logits."""
+    layers = [
+        f"  {c.name:<17} {c.compared:,} kept values vs the original at their index: "
+        + ("all equal" if not c.mismatched else f"{c.mismatched:,} differ  FAIL")
+        for c in r.layers
+    ]
+    trunk = "bit-identical" if r.trunk_identical else "differs  FAIL"
+    return "\n".join(
+        [
+            f"{r.arch} reduced head (a backbone initialisation: no logits are compared)",
+            f"  trunk             {trunk}",
+            *layers,
+            "PASS" if r.passed else "FAIL: the reduced head is not the original's decimation",
         ]
     )
 

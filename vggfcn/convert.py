@@ -30,6 +30,7 @@ from .fcn import FCN, ConvLayer, FCNInfo, head_name
 from .fold import fold_batch_norms
 from .graph import (
     Activation,
+    ChannelOrder,
     Conv,
     Dense,
     Dropout,
@@ -52,8 +53,13 @@ OI_TO_IO = (1, 0)
 CHW_ROWS_TO_HWIO = (1, 2, 0, 3)
 
 
-def to_fcn(graph: SourceGraph) -> FCN:
+def to_fcn(graph: SourceGraph, *, channel_order: ChannelOrder | None = None) -> FCN:
     """The fully-convolutional twin of a checked classifier graph (lazy: no tensor is read).
+
+    Args:
+        channel_order: "rgb" or "bgr" to have the FCN take its input channels in that order:
+            when the source expects the other, conv1's input channels are flipped (what
+            MatConvNet did to Caffe's BGR models), so a Caffe or Keras VGG takes RGB images.
 
     Example:
         >>> with vggfcn.load("vgg16.h5") as classifier:
@@ -61,7 +67,8 @@ def to_fcn(graph: SourceGraph) -> FCN:
 
     Raises:
         ArchitectureError: a layer the FCN cannot express (a conv without its ReLU, a batch
-            norm with nothing to fold into, an activation other than ReLU between layers).
+            norm with nothing to fold into, an activation other than ReLU between layers), or
+            a channel order asked of a source that does not say its own.
     """
     if graph.input.size is None:
         raise ArchitectureError(f"{graph.path}: input size unknown; check the graph first")
@@ -74,16 +81,32 @@ def to_fcn(graph: SourceGraph) -> FCN:
     window = (pool5_side(graph.input.size[0], pools), pool5_side(graph.input.size[1], pools))
     head = _head(head_ops, window, graph.path)
     folded = ", ".join(sorted({f"{e:g}" for e in eps}))
+    order = graph.input.channel_order
+    if channel_order is not None and channel_order != order:
+        if order == "unknown":
+            raise ArchitectureError(
+                f"{graph.path}: the file does not say which channel order it expects; "
+                f"nothing to flip to {channel_order}"
+            )
+        trunk = (_flipped_input(trunk[0]), *trunk[1:])
+        order = channel_order
     info = FCNInfo(
         path=graph.path,
         source_format=graph.provenance.label,
         input_size=graph.input.size,
         output_activation=graph.output_activation,
-        channel_order=graph.input.channel_order,
+        channel_order=order,
         preprocessing=graph.input.preprocessing,
         batch_norm=f"folded (eps={folded})" if eps else "none",
     )
     return FCN(plan, trunk, head, info)
+
+
+def _flipped_input(layer: ConvLayer) -> ConvLayer:
+    """conv1 reading its input channels in reverse order (RGB <-> BGR); 1,728 weights of VGG16,
+    read here."""
+    kernel = np.ascontiguousarray(layer.kernel.read()[:, :, ::-1, :])
+    return replace(layer, kernel=Tensor.wrap(kernel, f"{layer.kernel.where} (channels flipped)"))
 
 
 def hwio(op: Conv) -> Tensor:

@@ -10,6 +10,7 @@ at (i, j).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .arch import PLANS, STRIDE
 from .graph import ChannelOrder, OutputActivation, Preprocessing
@@ -53,6 +54,8 @@ class FCNInfo:
         precision: storage dtype of the weights: "float32", "float16" or "bfloat16".
         stored_as: the file format holding it ("vggfcn-safetensors v1 hwio vggfcn float32"),
             or "memory" when compiled and not written.
+        head: "classifier" (the original's head, convolutional), or "reduced" (SSD/DeepLab's
+            decimated fc6/fc7: a backbone initialisation, not the classifier; see `reduce`).
     """
 
     path: str
@@ -64,6 +67,7 @@ class FCNInfo:
     batch_norm: str = "none"
     precision: Precision = "float32"
     stored_as: str = "memory"
+    head: Literal["classifier", "reduced"] = "classifier"
 
 
 @dataclass(frozen=True)

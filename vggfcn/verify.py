@@ -26,6 +26,7 @@ from .arch import STRIDE
 from .errors import ArchitectureError, VggfcnError
 from .fcn import FCN
 from .graph import Conv, Dense, MaxPool, OutputActivation, SourceGraph, pool5_side
+from .precision import from_bfloat16_bits, to_bfloat16_bits
 from .shapes import block_plan, in_out
 from .tensor import Tensor
 
@@ -150,7 +151,8 @@ def verify(
     channels = original.input.channels
     inputs = [sample_images(1, seed, s, channels) for s in reversed(big_sizes)]  # largest first
     inputs.append(sample_images(images, seed, native, channels))
-    shared, (*big_pool5s, (pool5, fcn_pool5)) = _pool5s(original, converted, inputs)
+    flip = _flipped(original, converted)
+    shared, (*big_pool5s, (pool5, fcn_pool5)) = _pool5s(original, converted, inputs, flip)
     _require_finite(pool5, original)
     # Probes: random non-negative pool5 volumes on the activations' scale, through both heads.
     # Cheap (no trunk), and they reach the fc6 weights that one image's zero activations hide.
@@ -217,8 +219,16 @@ def _spatial_sizes(
     return sorted({s for s in sizes if s > max(native)})
 
 
+def _flipped(original: SourceGraph, converted: FCN) -> bool:
+    """Whether the converted network takes its input channels in the other order (`--rgb` /
+    `--bgr`): the original is then fed the same images with their channels flipped, which is
+    what proves the flip."""
+    theirs, ours = original.input.channel_order, converted.info.channel_order
+    return "unknown" not in (theirs, ours) and theirs != ours
+
+
 def _pool5s(
-    original: SourceGraph, converted: FCN, inputs: Sequence[np.ndarray]
+    original: SourceGraph, converted: FCN, inputs: Sequence[np.ndarray], flip: bool
 ) -> tuple[bool, list[tuple[np.ndarray, np.ndarray]]]:
     """Whether the trunks are shared, and both networks' pool5 for each input.
 
@@ -231,11 +241,11 @@ def _pool5s(
     the cost.
     """
     original, converted = _trunk_in_memory(original), _fcn_trunk_in_memory(converted)
-    shared = trunks_identical(original, converted)
+    shared = not flip and trunks_identical(original, converted)
     scratch = forward.Scratch()
     out = []
     for x in inputs:
-        pool5 = referee.pool5(original, x, scratch)
+        pool5 = referee.pool5(original, x[..., ::-1] if flip else x, scratch)
         out.append((pool5, pool5 if shared else forward.trunk(converted, x, scratch)))
     return shared, out
 
@@ -358,6 +368,94 @@ def _fcn_trunk_in_memory(fcn: FCN) -> FCN:
 def _in_memory(tensor: Tensor) -> Tensor:
     """The tensor's values read once (in its own shape; the file's layout is kept)."""
     return Tensor.wrap(tensor.read(), tensor.where)
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    """One layer of a reduced head against the original's values at the kept indices."""
+
+    name: str
+    compared: int  # values compared, kernel and bias
+    mismatched: int  # of those, how many differ in any bit
+
+
+@dataclass(frozen=True)
+class ReducedResult:
+    """`verify` of a reduced head: a backbone initialisation, proven value by value."""
+
+    arch: str
+    trunk_identical: bool
+    layers: tuple[LayerCheck, ...]
+    passed: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def verify_reduced(original: SourceGraph, converted: FCN) -> ReducedResult:
+    """A reduced head (`reduce`) is not the classifier, so no logits are compared: the trunk
+    must be bit-identical (conv1 flipped if the channel order was) and every kept value equal
+    the original's at its index — conv6 = W6[0::4, :, 0::3, 0::3], conv7 = W7[0::4, 0::4],
+    fc8 = W8[:, 0::4], biases b[0::4] — with fc6/fc7/fc8 as the referee reads them from the
+    original's own file.
+
+    Raises:
+        ArchitectureError: not a reduced head, or an original it cannot be compared with.
+    """
+    if converted.info.head != "reduced":
+        raise ArchitectureError(f"{converted.path}: not a reduced head")
+    kernels = referee.trunk_kernels(original)
+    trunk = kernels is not None and len(kernels) == len(converted.trunk)
+    if trunk and kernels is not None:
+        if _flipped(original, converted):
+            kernels[0] = (kernels[0][0][:, :, ::-1, :], kernels[0][1])
+        trunk = all(
+            _same_bits(k, layer.kernel.read()) and _same_bits(b, layer.bias.read())
+            for (k, b), layer in zip(kernels, converted.trunk, strict=True)
+        )
+    head = referee.head_kernels(original)
+    if len(head) != 3 or len(converted.head) > 3:
+        raise ArchitectureError(
+            f"{original.path}: has {len(head)} head layers; a reduced head comes from VGG16's 3"
+        )
+    rows, taps = slice(None, None, 4), slice(None, None, 3)
+    wanted = [
+        (head[0][0][rows, :, taps, taps], head[0][1][rows]),
+        (head[1][0][rows][:, rows], head[1][1][rows]),
+        (head[2][0][:, rows], head[2][1]),
+    ]
+    layers = []
+    precision = converted.info.precision
+    for layer, (kernel, bias) in zip(converted.head, wanted, strict=False):
+        ours = layer.kernel.read().transpose(3, 2, 0, 1)  # HWIO -> (out, in, kh, kw)
+        theirs = layer.bias.read()
+        bad = _mismatches(rounded(kernel, precision), ours)
+        bad += _mismatches(rounded(bias, precision), theirs)
+        layers.append(LayerCheck(layer.name, kernel.size + bias.size, bad))
+    passed = trunk and all(check.mismatched == 0 for check in layers)
+    return ReducedResult(converted.name, trunk, tuple(layers), passed)
+
+
+def rounded(values: np.ndarray, precision: str) -> np.ndarray:
+    """float32 values as a file of `precision` stores them (read back as float32)."""
+    if precision == "float16":
+        return np.asarray(values).astype(np.float16).astype(np.float32)
+    if precision == "bfloat16":
+        return from_bfloat16_bits(to_bfloat16_bits(np.asarray(values, np.float32)))
+    return np.asarray(values, np.float32)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a.view(np.uint32), b.view(np.uint32)))
+
+
+def _mismatches(expected: np.ndarray, got: np.ndarray) -> int:
+    """Values that differ in any bit (all of them when the shapes differ)."""
+    if expected.shape != got.shape:
+        return int(max(expected.size, got.size))
+    e = np.ascontiguousarray(expected).view(np.uint32)
+    g = np.ascontiguousarray(got).view(np.uint32)
+    return int(np.count_nonzero(e != g))
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -37,6 +37,7 @@ READERS = (
     Reader("zip archive (PyTorch .pth, Keras .keras)", detect.is_zip, "archive"),
     Reader("tensorflow-vgg .npy", detect.is_npy, "npy_file"),
     Reader("safetensors", detect.is_safetensors, "safetensors_io"),
+    Reader("vggfcn ONNX", detect.is_onnx, "onnx_file"),
 )
 
 

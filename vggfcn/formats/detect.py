@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -13,6 +14,11 @@ ZIP_MAGIC = b"PK\x03\x04"
 #: The first bytes of every .npy file (numpy `lib/format.py`, MAGIC_PREFIX).
 NPY_MAGIC = b"\x93NUMPY"
 LFS_POINTER = b"version https://git-lfs"
+#: How every ONNX file vggfcn writes begins (`onnx_file`): ModelProto's `ir_version` (key 0x08,
+#: a one-byte varint), then `producer_name` "vggfcn" (key 0x12, length 6). No safetensors
+#: (bytes 4..7 of its length are 0), HDF5, zip or npy file starts so, nor another producer's ONNX
+#: model or a caffemodel (whose field 1 is a string, key 0x0a).
+ONNX_HEAD = re.compile(rb"\x08[\x01-\x7f]\x12\x06vggfcn")
 #: The safetensors library refuses headers above 100 MB; so do we.
 SAFETENSORS_MAX_HEADER = 100_000_000
 
@@ -69,3 +75,8 @@ def is_safetensors(p: Probe) -> bool:
         return False
     (n,) = struct.unpack("<Q", p.head[:8])
     return n <= min(SAFETENSORS_MAX_HEADER, p.size - 8) and p.head[8:9] == b"{"
+
+
+def is_onnx(p: Probe) -> bool:
+    """An ONNX model written by vggfcn (we read back only our own; see `ONNX_HEAD`)."""
+    return ONNX_HEAD.match(p.head) is not None

@@ -3,7 +3,10 @@ back as the network they describe. One home for the format, so the two cannot dr
 
 Names: `--names vggfcn` (default) gives `block{b}_conv{i}.kernel|bias` and `fc6.kernel|bias`,
 `fc7...` for the head; `--names torch` gives `features.N.weight|bias` (torchvision's indices, so
-the trunk loads into a torchvision `features` Sequential) and `fc6.weight|bias`, `fc7...`.
+the trunk loads into a torchvision `features` Sequential) and `fc6.weight|bias`, `fc7...`. A
+reduced head (`reduce`) is `conv6`, `conv7` (and `fc8`); `--names ssd` gives the keys of
+ssd.pytorch's `vgg` ModuleList: the trunk's convs at their indices `0` ... `28`, conv6 `31`,
+conv7 `33` (pool5 is 30, the ReLUs between).
 Layouts: `hwio` (Keras, TensorFlow, JAX) or `oihw` (`nn.Conv2d`). `__metadata__` says which,
 plus where the network came from and how to feed it (`metadata`).
 """
@@ -13,8 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from .. import reduce
 from ..arch import MIN_INPUT, PLANS, conv_names
-from ..errors import ArchitectureError, FormatError
+from ..errors import ArchitectureError, FormatError, VggfcnError
 from ..fcn import FCN, ConvLayer, FCNInfo, head_name
 from ..graph import ChannelOrder, OutputActivation, Preprocessing
 from ..tensor import Tensor
@@ -28,13 +32,19 @@ HWIO_TO_OIHW = (3, 2, 0, 1)
 OIHW_TO_HWIO = (2, 3, 1, 0)
 #: Output name schemes: ours (`block1_conv1.kernel`, `fc6.bias`), or torch's, loadable with
 #: `load_state_dict(strict=True)` into `features` (torchvision's Sequential) plus fc6, fc7...
-NAME_SCHEMES = ("vggfcn", "torch")
-_PARTS = {"vggfcn": ("kernel", "bias"), "torch": ("weight", "bias")}
+NAME_SCHEMES = ("vggfcn", "torch", "ssd")
+_PARTS = {"vggfcn": ("kernel", "bias"), "torch": ("weight", "bias"), "ssd": ("weight", "bias")}
 _TRUNK = {
     "vggfcn": re.compile(r"(block(\d+)_conv(\d+))\.(?:kernel|bias)"),
     "torch": re.compile(r"(features\.(\d+))\.(?:weight|bias)"),
+    "ssd": re.compile(r"((\d+))\.(?:weight|bias)"),
 }
-_HEAD = re.compile(r"(fc(\d+))\.(?:kernel|weight|bias)")
+_HEAD = {
+    "classifier": re.compile(r"(fc(\d+))\.(?:kernel|weight|bias)"),
+    "reduced": re.compile(r"((?:conv|fc)(\d+))\.(?:kernel|weight|bias)"),
+}
+#: ssd.pytorch's `vgg()` ModuleList: conv6 and conv7 after pool5 (30) and between ReLUs.
+SSD_HEAD = ("31", "33")
 _SOFTMAX = {"softmax": "yes", "linear": "no", "sigmoid": "no", "unknown": "unknown"}
 _OUTPUTS: dict[str, OutputActivation] = {
     "softmax": "softmax",
@@ -57,15 +67,27 @@ def torch_feature_indices(plan: tuple[int, ...]) -> list[int]:
 
 
 def tensor_names(fcn: FCN, scheme: str) -> list[tuple[str, str]]:
-    """(kernel name, bias name) of every layer, in model order, under a name scheme."""
+    """(kernel name, bias name) of every layer, in model order, under a name scheme.
+
+    Raises:
+        VggfcnError: `ssd` names for anything but a reduced head of conv6 and conv7.
+    """
     kernel, bias = _PARTS[scheme]
-    trunk = (
-        [f"features.{i}" for i in torch_feature_indices(fcn.plan)]
-        if scheme == "torch"
-        else [layer.name for layer in fcn.trunk]
-    )
-    names = [*trunk, *(layer.name for layer in fcn.head)]
-    return [(f"{n}.{kernel}", f"{n}.{bias}") for n in names]
+    indices = torch_feature_indices(fcn.plan)
+    trunk = {
+        "vggfcn": [layer.name for layer in fcn.trunk],
+        "torch": [f"features.{i}" for i in indices],
+        "ssd": [str(i) for i in indices],
+    }[scheme]
+    head = [layer.name for layer in fcn.head]
+    if scheme == "ssd":
+        if fcn.info.head != "reduced" or head != ["conv6", "conv7"] or fcn.name != "vgg16":
+            raise VggfcnError(
+                "--names ssd writes ssd.pytorch's VGG16 backbone: conv6 and conv7 of a reduced "
+                "head (--head reduced), nothing else"
+            )
+        head = list(SSD_HEAD)
+    return [(f"{n}.{kernel}", f"{n}.{bias}") for n in [*trunk, *head]]
 
 
 def named_tensors(fcn: FCN, layout: str = "hwio", scheme: str = "vggfcn") -> dict[str, Tensor]:
@@ -102,6 +124,7 @@ def metadata(
         "names": scheme,
         "dtype": dtype,
         "classes": str(fcn.classes),
+        "head": info.head,
         "head_activations": ",".join(fcn.head_activations),
         "input_size": f"{info.input_size[0]},{info.input_size[1]}",
         "channel_order": info.channel_order,
@@ -112,6 +135,11 @@ def metadata(
         "source_softmax": _SOFTMAX[info.output_activation],
         "source_output_activation": info.output_activation,
         "source_batch_norm": info.batch_norm,
+        **(
+            {"use_ssd": reduce.SSD, "use_deeplab_largefov": reduce.DEEPLAB_LARGEFOV}
+            if info.head == "reduced"
+            else {}
+        ),
     }
 
 
@@ -138,22 +166,37 @@ def read(path: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> FCN:
             f"{'/'.join(LAYOUTS)}, names {'/'.join(NAME_SCHEMES)}"
         )
     kernel_part, bias_part = _PARTS[scheme]
-    trunk = sorted(
-        {
-            (tuple(int(g) for g in m.groups()[1:]), m.group(1))
-            for n in tensors
-            if (m := _TRUNK[scheme].fullmatch(n))
-        }
-    )
-    head = sorted({(int(m.group(2)), m.group(1)) for n in tensors if (m := _HEAD.fullmatch(n))})
-    head = head or [(6, head_name(0))]  # a head has at least fc6
-    layer_names = [name for _, name in trunk] + [name for _, name in head]
+    kind = meta.get("head", "classifier")
+    if kind not in _HEAD:
+        raise FormatError(f"{path}: head {kind!r}; this version reads classifier or reduced")
+    keys = {
+        (tuple(int(g) for g in m.groups()[1:]), m.group(1))
+        for n in tensors
+        if (m := _TRUNK[scheme].fullmatch(n))
+    }
+    head: list[str]  # the head's layers: our names, and as the file names them
+    if scheme == "ssd":  # one numbering: the head is conv6 and conv7, at 31 and 33
+        trunk = [key for key in sorted(keys) if key[1] not in SSD_HEAD]
+        file_names = [name for name in SSD_HEAD if any(key[1] == name for key in keys)]
+        head = [f"conv{6 + i}" for i in range(len(file_names))]
+    else:
+        trunk = sorted(keys)
+        pattern = _HEAD[kind]
+        found = {(int(m.group(2)), m.group(1)) for n in tensors if (m := pattern.fullmatch(n))}
+        head = file_names = [name for _, name in sorted(found)]
+    if not head:  # a head has at least one layer: name the first as missing
+        head = ["fc6" if kind == "classifier" else "conv6"]
+        file_names = [SSD_HEAD[0] if scheme == "ssd" else head[0]]
+    layer_names = [name for _, name in trunk] + file_names
     check_names(path, set(tensors), {f"{n}.{p}" for n in layer_names for p in _PARTS[scheme]})
     plan = _plan([key for key, _ in trunk], scheme, path)
-    if [name for _, name in head] != [head_name(i) for i in range(len(head))]:
-        raise ArchitectureError(
-            f"{path}: head layers {[n for _, n in head]}; expected fc6, fc7, ..."
-        )
+    expected = (
+        [head_name(i) for i in range(len(head))]
+        if kind == "classifier"
+        else ["conv6", "conv7", "fc8"][: len(head)]
+    )
+    if head != expected:
+        raise ArchitectureError(f"{path}: head layers {head}; expected {', '.join(expected)}")
     activations = _activations(meta, len(head), path)
 
     def layer(name: str, own: str, relu: bool) -> ConvLayer:
@@ -165,7 +208,8 @@ def read(path: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> FCN:
     names = conv_names(plan)
     trunk_layers = tuple(layer(n, names[i], True) for i, (_, n) in enumerate(trunk))
     head_layers = tuple(
-        layer(n, n, a == "relu") for (_, n), a in zip(head, activations, strict=True)
+        layer(stored, own, a == "relu")
+        for own, stored, a in zip(head, file_names, activations, strict=True)
     )
     precision = meta.get("dtype", "float32")
     stored_as = f"vggfcn-safetensors v{FORMAT_VERSION} {layout} {scheme} {precision}"
@@ -195,6 +239,7 @@ def info_from_metadata(path: str, meta: Mapping[str, str], stored_as: str) -> FC
         batch_norm=meta.get("source_batch_norm", "none"),
         precision=meta.get("dtype", "float32"),
         stored_as=stored_as,
+        head="reduced" if meta.get("head") == "reduced" else "classifier",
     )
 
 

@@ -101,7 +101,7 @@ class FileRegion:
             with open(self.path, "rb", buffering=0) as f:
                 done = 0
                 while done < length:
-                    count = os.preadv(f.fileno(), [memoryview(out)[done:]], position + done)
+                    count = os.preadv(f.fileno(), [out.data[done:]], position + done)
                     if count == 0:
                         raise OSError("unexpected end of file")
                     done += count
