@@ -246,3 +246,43 @@ def test_a_file_that_crashes_the_hdf5_library_is_refused(
     monkeypatch.setattr(keras_h5, "_touch", lambda obj: os.kill(os.getpid(), signal.SIGSEGV))
     with pytest.raises(FormatError, match=r"crashed \(signal 11\)"):
         keras_h5.open_file(str(keras1))
+
+
+def test_the_preflight_child_finalises_none_of_the_parents_objects(
+    keras1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forked preflight must not run the parent's finalizers: an onnxruntime session left
+    for collection once hung a child in its destructor. A cycle only a collection frees, kept
+    from the parent's collector, and a collection forced in the child: nothing of the
+    parent's may be finalised there."""
+    import gc
+    import os
+
+    import vggfcn.formats.keras_h5 as keras_h5
+
+    marker, parent = tmp_path / "finalised in the child", os.getpid()
+
+    class Cycle:
+        def __del__(self) -> None:
+            if os.getpid() != parent:
+                marker.write_text("yes")
+
+    walk = keras_h5._walk
+
+    def collecting_walk(*args: object) -> None:
+        gc.collect()  # what an allocation in the child may trigger at any time
+        walk(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keras_h5, "_walk", collecting_walk)
+    gc.collect()
+    gc.disable()
+    try:
+        garbage = Cycle()
+        garbage.self = garbage  # type: ignore[attr-defined]
+        del garbage
+        with load(str(keras1)):
+            pass
+    finally:
+        gc.enable()
+        gc.collect()
+    assert not marker.exists()

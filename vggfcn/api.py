@@ -7,6 +7,7 @@ returns a plain result; printing and exit codes belong to the CLI.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from .atomic import atomic_write, check_output
 from .convert import to_fcn
 from .errors import ArchitectureError, MismatchError, VggfcnError
 from .fcn import FCN
-from .formats import Network, load, onnx_file, safetensors_io
+from .formats import Network, load, safetensors_io
 from .formats.fcn_file import LAYOUTS, NAME_SCHEMES, metadata, named_tensors
 from .graph import SourceGraph
 from .inspection import describe
@@ -34,12 +35,11 @@ from .verify import ReducedResult, VerifyResult, verify, verify_reduced
 Size = tuple[int, int]
 #: What `convert --head` makes of the classifier's head.
 HEADS = ("classifier", "reduced", "reduced-fc8")
-#: Output formats and their writers (`write(f, fcn, metadata, progress, allow_nonfinite)`);
-#: safetensors has options of its own (layout, names, dtype) and is written apart.
-OUTPUTS: dict[str, object] = {
-    "safetensors": safetensors_io.write,
-    "onnx": onnx_file.write,
-}
+#: Output formats. ONNX and Keras are written by `formats.<module>.write(f, fcn, metadata,
+#: progress, allow_nonfinite)`, imported when asked for (h5py costs a safetensors user start-up
+#: time); safetensors has options of its own (layout, names, dtype) and is written apart.
+OUTPUTS = ("safetensors", "onnx", "keras")
+_WRITERS = {"onnx": "onnx_file", "keras": "keras_fcn"}
 
 
 @dataclass(frozen=True)
@@ -175,8 +175,8 @@ def convert_file(
                     dtype=dtype,
                 )
             else:
-                writer = OUTPUTS[kind]
-                writer(f, fcn, final_metadata, update, allow_nonfinite)  # type: ignore[operator]
+                writer = importlib.import_module(f".formats.{_WRITERS[kind]}", __package__)
+                writer.write(f, fcn, final_metadata, update, allow_nonfinite)
         return ConvertResult(
             output=output,
             format=kind,

@@ -131,7 +131,7 @@ _input_size = click.option(
 )
 @click.option(
     "--to",
-    type=click.Choice(tuple(api.OUTPUTS)),
+    type=click.Choice(api.OUTPUTS),
     help="Output format [default: from OUTPUT's extension: .safetensors, .onnx, .keras].",
 )
 @click.option(

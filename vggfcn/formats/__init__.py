@@ -38,6 +38,7 @@ READERS = (
     Reader("tensorflow-vgg .npy", detect.is_npy, "npy_file"),
     Reader("safetensors", detect.is_safetensors, "safetensors_io"),
     Reader("vggfcn ONNX", detect.is_onnx, "onnx_file"),
+    Reader("Caffe .caffemodel", detect.is_caffemodel, "caffe"),
 )
 
 

@@ -80,3 +80,54 @@ def is_safetensors(p: Probe) -> bool:
 def is_onnx(p: Probe) -> bool:
     """An ONNX model written by vggfcn (we read back only our own; see `ONNX_HEAD`)."""
     return ONNX_HEAD.match(p.head) is not None
+
+
+#: The first keys a Caffe NetParameter field may follow the net's name (or first input) with.
+_NET_KEYS = frozenset(b"\x12\x1a\x20\x22\x28\x32\x38\x42\xa2")
+#: Keys a Caffe layer starts with as Caffe writes it (fields in number order): all strings.
+_V1_FIRST, _V2_FIRST = frozenset(b"\x12\x1a\x22"), frozenset(b"\x0a\x12\x1a\x22")
+
+
+def is_caffemodel(probe: Probe) -> bool:
+    """A NetParameter as Caffe writes it (fields in number order; caffemodels have no magic).
+
+    It starts with the net's name or first input (key 0x0a or 0x1a, a 1..127-byte printable
+    string) followed by another NetParameter key, or with its first layer (V1 key 0x12 or
+    current 0xa2 0x06, a length that fits the file) whose first field is a printable string.
+    HDF5 (0x89), zip (0x50), npy (0x93) and our ONNX files (0x08) start with other bytes; a
+    safetensors header length below 100 MB has zero bytes 4..7 and a byte 3 below 6, which
+    neither a string starting by byte 4 nor a key at byte 3 or 4 can be.
+    """
+    head = probe.head
+    if head[:1] in (b"\x0a", b"\x1a"):
+        end = _text(head, 1)
+        return end is not None and (end >= len(head) or head[end] in _NET_KEYS)
+    for key, first in ((b"\x12", _V1_FIRST), (b"\xa2\x06", _V2_FIRST)):
+        if head.startswith(key):
+            length, at = _head_varint(head, len(key))
+            return (
+                at < len(head)
+                and length <= probe.size - at
+                and head[at] in first
+                and _text(head, at + 1) is not None
+            )
+    return False
+
+
+def _text(head: bytes, pos: int) -> int | None:
+    """The end of a printable string of 1..127 bytes whose length byte is at `pos` (checked as
+    far as the head shows), or None."""
+    if pos >= len(head) or not 0 < head[pos] < 0x80:
+        return None
+    end = pos + 1 + head[pos]
+    return end if all(0x20 <= b < 0x7F for b in head[pos + 1 : end]) else None
+
+
+def _head_varint(head: bytes, pos: int) -> tuple[int, int]:
+    """(value, end) of a varint of at most 5 bytes at `pos`; end is len(head) if there is none."""
+    value = 0
+    for i, at in enumerate(range(pos, min(pos + 5, len(head)))):
+        value |= (head[at] & 0x7F) << 7 * i
+        if head[at] < 0x80:
+            return value, at + 1
+    return 0, len(head)

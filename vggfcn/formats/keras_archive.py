@@ -13,13 +13,16 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
+import json
 import os
 import zipfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from ..errors import FormatError
+from ..fcn import FCN
 from ..graph import SourceGraph
+from . import fcn_file, keras_fcn
 from .keras_h5 import Maps, open_file, read_keras3
 from .keras_model import CONFIG_MAX_BYTES, parse_config
 from .pickle_scan import printable
@@ -32,8 +35,9 @@ INFLATE_MAX_BYTES = 2 << 30
 
 
 @contextlib.contextmanager
-def open(path: str) -> Iterator[SourceGraph]:  # noqa: A001 (the reader contract's name)
-    """The model in a `.keras` archive, open for the `with` block (weights stream from it).
+def open(path: str) -> Iterator[SourceGraph | FCN]:  # noqa: A001 (the reader contract's name)
+    """The model in a `.keras` archive, open for the `with` block (weights stream from it): a
+    classifier's source graph, or the network a `.keras` written by vggfcn holds.
 
     Raises:
         FormatError: a corrupt archive, a missing or oversized member, a config that is not
@@ -50,6 +54,7 @@ def open(path: str) -> Iterator[SourceGraph]:  # noqa: A001 (the reader contract
             config = parse_config(
                 read_member(path, z, members[CONFIG], CONFIG_MAX_BYTES), f"{path}: {CONFIG}"
             )
+            ours = _our_metadata(path, z, members)
             weights = members[WEIGHTS]
             inflated = None
             if weights.compress_type != zipfile.ZIP_STORED:
@@ -71,7 +76,27 @@ def open(path: str) -> Iterator[SourceGraph]:  # noqa: A001 (the reader contract
             return io.BufferedReader(_Range(path, start, weights.file_size))
 
     with open_file(path, opener) as f:
-        yield read_keras3(f, path, maps, config, "keras-archive")
+        graph = read_keras3(f, path, maps, config, "keras-archive")
+        yield graph if ours is None else keras_fcn.read_back(graph, ours, path)
+
+
+def _our_metadata(
+    path: str, z: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]
+) -> dict[str, str] | None:
+    """The metadata a `.keras` written by vggfcn carries (`keras_fcn`), None for other files."""
+    info = members.get(keras_fcn.METADATA)
+    if info is None:
+        return None
+    try:
+        meta = json.loads(read_member(path, z, info, CONFIG_MAX_BYTES))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None  # Keras never reads it either: a broken one does not stop the model
+    ours = meta.get(keras_fcn.VGGFCN_KEY) if isinstance(meta, dict) else None
+    if not isinstance(ours, dict) or ours.get("format") != fcn_file.FORMAT:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in ours.items()):
+        raise FormatError(f"{path}: {keras_fcn.METADATA}: vggfcn metadata must map strings")
+    return ours
 
 
 def _read_at(path: str, offset: int, count: int) -> bytes:

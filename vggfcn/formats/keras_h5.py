@@ -17,6 +17,7 @@ What the layers are is `keras_model`'s business.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import re
@@ -99,7 +100,15 @@ def _preflight(path: str, fileobj: Callable[[], BinaryIO] | None) -> None:
     child = multiprocessing.get_context("fork").Process(
         target=_walk, args=(path, fileobj), daemon=True
     )
-    child.start()
+    # The child must not finalise the parent's objects: a garbage collection there once ran
+    # the destructor of an onnxruntime session left for collection, which waited forever on
+    # a condition variable of threads that do not exist after a fork. Frozen objects are out
+    # of the collector's reach, and the child collects nothing at all.
+    gc.freeze()
+    try:
+        child.start()
+    finally:
+        gc.unfreeze()
     child.join(PARSE_TIMEOUT)
     if child.is_alive():
         child.kill()
@@ -118,6 +127,7 @@ def _preflight(path: str, fileobj: Callable[[], BinaryIO] | None) -> None:
 def _walk(path: str, fileobj: Callable[[], BinaryIO] | None) -> None:
     """The preflight child: walk every group and dataset header the readers walk. Errors are
     the parent's to report; only a hang or a crash matters here."""
+    gc.disable()
     with contextlib.suppress(Exception), h5py.File(fileobj() if fileobj else path, "r") as f:
         f.visititems(lambda _name, obj: _touch(obj))
     os._exit(0)  # skip interpreter teardown: nothing of the parent's to flush or close
