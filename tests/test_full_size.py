@@ -72,3 +72,33 @@ def test_full_size_vgg19_end_to_end(tmp_path: Path) -> None:
     assert result.arch == "vgg19" and result.parameters == 143_667_240  # Keras' VGG19 count
     report = verify_files(str(source), str(out))
     assert report.passed and report.precision == "float16"
+
+
+@pytest.fixture(scope="module")
+def full_caffemodel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Oxford release's layout: V1 layers, legacy dims, no input dims (553,432,081 bytes)."""
+    from fixtures.caffe import write_caffemodel
+
+    path = tmp_path_factory.mktemp("caffe") / "VGG_ILSVRC_16_layers.caffemodel"
+    write_caffemodel(path, "v1", full=True)
+    return path
+
+
+def test_full_size_caffemodel_converts_and_verifies_at_224_and_288(
+    full_caffemodel: Path, tmp_path: Path
+) -> None:
+    assert full_caffemodel.stat().st_size == 553_432_081
+    out = tmp_path / "vgg16.fcn.safetensors"
+    result = convert_file(str(full_caffemodel), str(out))
+    assert result.parameters == VGG16_PARAMETERS and result.fc6_shape == (7, 7, 512, 4096)
+    report = verify_files(str(full_caffemodel), str(out), sizes=(288,))
+    assert report.passed and report.input_size == (224, 224)
+    assert [c.map_shape for c in report.spatial] == [(3, 3)]  # type: ignore[union-attr]
+
+
+def test_full_size_caffemodel_to_rgb_is_proven_too(full_caffemodel: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vgg16-rgb.fcn.safetensors"
+    convert_file(str(full_caffemodel), str(out), channel_order="rgb")
+    report = verify_files(str(full_caffemodel), str(out), sizes=(288,))
+    assert report.passed and not report.trunk_shared  # type: ignore[union-attr]
+    assert inspect_file(str(out))["channel_order"] == "rgb"

@@ -307,18 +307,19 @@ def predict_file(
         weights: a converted file, or an original classifier (converted in memory).
         source: an image (JPEG/PNG..., needs the `images` extra) or a .npy array, (H, W, 3) or
             (N, H, W, 3), channels-last, already preprocessed.
-        preprocess: "caffe", "torch" or "none"; default "caffe" for images (Keras VGG16's
-            mode) and "none" for arrays.
+        preprocess: "caffe", "torch" or "none"; by default, for images, the preprocessing the
+            converted file records (caffe for Keras/Caffe sources, torch for PyTorch ones;
+            caffe when unknown), and "none" for arrays.
         out: optional .npy path for the raw logit map, written atomically.
         labels: a text file with one class name per line, for non-ImageNet heads.
     """
     if out is not None:
         check_output(out, [weights, source], force=force)
-    mode = preprocess or ("none" if images.is_npy(source) else "caffe")
     with load(weights, input_size=input_size) as network:
         fcn = as_fcn(network)
+        mode = preprocess or ("none" if images.is_npy(source) else _preprocessing(fcn))
         names = read_labels(labels, fcn.classes) if labels else None
-        x = images.load_input(source, mode, fcn.min_input)
+        x = images.load_input(source, mode, fcn.min_input, fcn.info.channel_order)
         scores = score_map(fcn, x)
     if out is not None:
         with atomic_write(out) as f:
@@ -344,7 +345,7 @@ def heatmap_file(
     class_name: str,
     out: str,
     *,
-    preprocess: str = "caffe",
+    preprocess: str | None = None,
     force: bool = False,
     labels: str | None = None,
     input_size: Size | None = None,
@@ -361,7 +362,8 @@ def heatmap_file(
         fcn = as_fcn(network)
         names = read_labels(labels, fcn.classes) if labels else None
         images.check_size(image, rgb.shape[0], rgb.shape[1], fcn.min_input)
-        x = images.preprocess_image(rgb, preprocess)[np.newaxis]
+        mode = preprocess or _preprocessing(fcn)
+        x = images.preprocess_image(rgb, mode, fcn.info.channel_order)[np.newaxis]
         scores = score_map(fcn, x)
     index = imagenet.class_index(class_name, fcn.classes, names)
     probabilities = class_probabilities(scores, index)[0]
@@ -377,6 +379,12 @@ def heatmap_file(
         (int(hottest[0]), int(hottest[1])),
         float(probabilities.max()),
     )
+
+
+def _preprocessing(fcn: FCN) -> str:
+    """How images are prepared by default: as the source's trainers did, where the file says
+    (caffe or torch), else Keras VGG's caffe mode."""
+    return fcn.info.preprocessing if fcn.info.preprocessing != "unknown" else "caffe"
 
 
 def read_labels(path: str, classes: int) -> list[str]:

@@ -312,7 +312,8 @@ _preprocess = click.option(
     "--preprocess",
     type=click.Choice(PREPROCESS_MODES),
     help="caffe: Keras VGG16 (RGB->BGR, minus ImageNet means); torch: torchvision (/255, "
-    "mean/std); none: as is. Default: caffe for images, none for .npy arrays.",
+    "mean/std); none: as is. Default: what the converted file records for images (caffe when "
+    "unknown), none for .npy arrays.",
 )
 _force = click.option("-f", "--force", is_flag=True, help="Replace the output if it exists.")
 _labels = click.option(
@@ -435,7 +436,7 @@ def heatmap(
         image,
         class_,
         out,
-        preprocess=preprocess or "caffe",
+        preprocess=preprocess,
         force=force,
         labels=labels,
         input_size=input_size,

@@ -59,7 +59,7 @@ def load_image(path: str) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def preprocess_image(rgb_uint8: np.ndarray, mode: str) -> np.ndarray:
+def preprocess_image(rgb_uint8: np.ndarray, mode: str, order: str | None = None) -> np.ndarray:
     """Normalize 0..255 RGB pixels the way the checkpoint's trainers did.
 
     Args:
@@ -67,6 +67,8 @@ def preprocess_image(rgb_uint8: np.ndarray, mode: str) -> np.ndarray:
         mode: "caffe" (Keras VGG16/VGG19: BGR, minus `CAFFE_BGR_MEAN`, no scaling),
             "torch" (torchvision: RGB, x/255, minus `TORCH_RGB_MEAN`, over `TORCH_RGB_STD`)
             or "none" (pixels unchanged, as float32).
+        order: the channel order the network takes, "rgb" or "bgr"; by default the mode's
+            own (a Caffe model converted with --rgb takes caffe-normalised RGB).
     Returns:
         (H, W, 3) float32.
     Raises:
@@ -81,16 +83,20 @@ def preprocess_image(rgb_uint8: np.ndarray, mode: str) -> np.ndarray:
         raise VggfcnError(f"an image must be (H, W, 3) RGB, got shape {rgb_uint8.shape}")
     x = rgb_uint8.astype(np.float32)
     if mode == "caffe":
-        return x[..., ::-1] - np.array(CAFFE_BGR_MEAN, dtype=np.float32)
-    if mode == "torch":
+        x = x - np.array(CAFFE_BGR_MEAN[::-1], dtype=np.float32)  # the means of R, G, B
+    elif mode == "torch":
         mean = np.array(TORCH_RGB_MEAN, dtype=np.float32)
         std = np.array(TORCH_RGB_STD, dtype=np.float32)
-        return (x / np.float32(255) - mean) / std
-    return x
+        x = (x / np.float32(255) - mean) / std
+    bgr = order == "bgr" if order in ("rgb", "bgr") else mode == "caffe"
+    return x[..., ::-1] if bgr else x
 
 
 def load_input(
-    path: str, preprocess: str, minimum: tuple[int, int] = (MIN_INPUT, MIN_INPUT)
+    path: str,
+    preprocess: str,
+    minimum: tuple[int, int] = (MIN_INPUT, MIN_INPUT),
+    order: str | None = None,
 ) -> np.ndarray:
     """Network input from an image file or a .npy array: (N, H, W, 3) float32.
 
@@ -107,7 +113,7 @@ def load_input(
     if is_npy(path):
         batch = _load_array(path, preprocess)
     else:
-        batch = preprocess_image(load_image(path), preprocess)[np.newaxis]
+        batch = preprocess_image(load_image(path), preprocess, order)[np.newaxis]
     check_size(path, batch.shape[1], batch.shape[2], minimum)
     return batch
 

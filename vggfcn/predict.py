@@ -15,6 +15,7 @@ import numpy as np
 from . import forward, imagenet
 from .arch import STRIDE
 from .convert import to_fcn
+from .errors import VggfcnError
 from .fcn import FCN
 from .graph import SourceGraph
 
@@ -42,8 +43,18 @@ class Cell:
 
 def as_fcn(network: SourceGraph | FCN) -> FCN:
     """A converted network as it is; an original classifier converted on the fly (in memory,
-    nothing written)."""
-    return network if isinstance(network, FCN) else to_fcn(network)
+    nothing written).
+
+    Raises:
+        VggfcnError: a reduced head, which is a backbone to train, not a classifier to run.
+    """
+    fcn = network if isinstance(network, FCN) else to_fcn(network)
+    if fcn.info.head == "reduced":
+        raise VggfcnError(
+            f"{fcn.path}: holds a reduced head (SSD/DeepLab backbone initialisation): its conv6 "
+            "needs dilation and training; it predicts nothing as it stands"
+        )
+    return fcn
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -56,17 +56,14 @@ def head(graph: SourceGraph, volumes: np.ndarray) -> np.ndarray:
 
 def trunk_kernels(graph: SourceGraph) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """Every trunk convolution as (HWIO kernel, bias), put in that layout by the referee; None
-    when the trunk holds anything but convolutions, ReLUs and floor max-pools (a batch norm, a
-    ceil pool), which an FCN's trunk never does."""
+    when the trunk holds anything but convolutions, ReLUs and max-pools (a batch norm), which
+    an FCN's trunk never does."""
     trunk, _ = graph.split()
     layers = []
     for op in trunk:
         if isinstance(op, Conv) and op.bias is not None and op.padding == "same":
             layers.append((_hwio(op), op.bias.read()))
-        elif not (
-            (isinstance(op, Activation) and op.kind == "relu")
-            or (isinstance(op, MaxPool) and not op.ceil)
-        ):
+        elif not isinstance(op, MaxPool) and not (isinstance(op, Activation) and op.kind == "relu"):
             return None
     return layers
 

@@ -327,11 +327,13 @@ def pool5_probes(count: int, seed: int, pool5: np.ndarray) -> np.ndarray:
 def trunks_identical(original: SourceGraph, converted: FCN) -> bool:
     """Whether the converted trunk is the original's, as the referee reads it: the same pools
     and ReLUs, and equal tensors bit for bit (NaN payloads included). A trunk with batch norms
-    is never shared: a file that forgot to fold them must not borrow the original's pool5."""
+    is never shared: a file that forgot to fold them must not borrow the original's pool5; nor
+    one whose pools round up (Caffe's), which the FCN's do not."""
     kernels = referee.trunk_kernels(original)
     trunk, _ = original.split()
     if (
         kernels is None
+        or any(isinstance(op, MaxPool) and op.ceil for op in trunk)
         or block_plan(trunk) != converted.plan
         or len(kernels) != len(converted.trunk)
         or not all(layer.relu for layer in converted.trunk)
