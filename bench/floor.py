@@ -3,7 +3,8 @@
 Same interpreter, same imports as `vggfcn convert` (h5py, numpy), same disk work (every weight
 read from the HDF5 file in 16 MiB chunks, written once to one output file, fsynced), and no
 conversion at all. `vggfcn convert` is measured as a ratio to this, in the same run. A `.keras`
-archive's HDF5 member is read in place, through a file object over its bytes, as vggfcn does.
+archive's HDF5 member is read in place, through a file object over its bytes, as vggfcn does; a
+file that is not HDF5 (a `.caffemodel`, almost all weights) is copied whole, in the same chunks.
 
 Usage: python -m bench.floor IN.h5|IN.keras OUT
 """
@@ -44,6 +45,8 @@ def _open(source: str) -> Any:
 
 def copy_datasets(source: str, output: str) -> int:
     """Copy the bytes of every dataset of `source` into `output`; return bytes written."""
+    if not h5py.is_hdf5(source) and not zipfile.is_zipfile(source):
+        return copy_file(source, output)
     datasets: list[h5py.Dataset] = []
     written = 0
     with _open(source) as f, open(output, "wb") as out:
@@ -58,6 +61,19 @@ def copy_datasets(source: str, output: str) -> int:
                 block = np.ascontiguousarray(ds[start : start + step] if ds.shape else ds[()])
                 out.write(block.data)
                 written += block.nbytes
+        out.flush()
+        os.fsync(out.fileno())
+    return written
+
+
+def copy_file(source: str, output: str) -> int:
+    """Read `source` in chunks and write it once, fsynced; return bytes written."""
+    written = 0
+    with open(source, "rb") as f, open(output, "wb") as out:
+        while chunk := f.read(CHUNK):
+            block = np.frombuffer(chunk, np.uint8)  # as the HDF5 path holds its blocks
+            out.write(block.data)
+            written += block.nbytes
         out.flush()
         os.fsync(out.fileno())
     return written

@@ -36,7 +36,9 @@ EXAMPLE_TIMEOUT = 8.0
 #: cells) — every check verify has, at a fraction of the default cost.
 VERIFY_OPTIONS: dict[str, Any] = {"images": 1, "probes": 2, "sizes": (256,)}
 #: Formats whose readers go through the HDF5 C library.
-HDF5_FORMATS = ("keras1", "keras3-weights", "keras-archive")
+HDF5_FORMATS = ("keras1", "keras3-weights", "keras-archive", "fcn-keras")
+#: Our own outputs: read back (inspect, verify against their original), never converted.
+OUTPUT_FORMATS = ("fcn", "fcn-onnx", "fcn-keras")
 #: The seed our own format is converted from, and verified against: not HDF5, whose reader
 #: is the slowest to open, since every fcn example opens it again.
 FCN_ORIGINAL = "torchvision-safetensors"
@@ -54,6 +56,7 @@ def write_seeds(folder: Path) -> dict[str, Path]:
     import safetensors.torch
     import torch
 
+    from fixtures.caffe import write_caffemodel
     from fixtures.finetuned import keras_finetuned
     from fixtures.generate import Widths, write_checkpoint
     from fixtures.torch_vgg import classifier
@@ -70,6 +73,9 @@ def write_seeds(folder: Path) -> dict[str, Path]:
         "torchvision-safetensors": folder / "seed_torchvision.safetensors",
         "tensorflow-vgg": folder / "seed_vgg16.npy",
         "fcn": folder / "seed_fcn.safetensors",
+        "fcn-onnx": folder / "seed_fcn.onnx",
+        "fcn-keras": folder / "seed_fcn.keras",
+        "caffemodel": folder / "seed_vgg16.caffemodel",
     }
     write_checkpoint(seeds["keras1"], "keras1", widths)
     write_checkpoint(seeds["keras3-weights"], "keras3-weights", widths)
@@ -81,7 +87,9 @@ def write_seeds(folder: Path) -> dict[str, Path]:
     tf_names = {f"block{b}_conv{i}": f"conv{b}_{i}" for b in range(1, 6) for i in range(1, 4)}
     layers = {tf_names.get(n, n): [k, b] for n, k, b in random_layers(arch, seed=0)}
     np.save(seeds["tensorflow-vgg"], np.array(layers, dtype=object), allow_pickle=True)
-    convert_file(str(seeds[FCN_ORIGINAL]), str(seeds["fcn"]))
+    for output in OUTPUT_FORMATS:
+        convert_file(str(seeds[FCN_ORIGINAL]), str(seeds[output]))
+    write_caffemodel(seeds["caffemodel"], "v1", widths=widths)
     return seeds
 
 
@@ -171,7 +179,7 @@ def check(kind: str, source: str, outdir: str, original: str | None = None) -> s
     from vggfcn.api import convert_file, inspect_file, verify_files
     from vggfcn.errors import VggfcnError
 
-    if kind == "fcn":
+    if kind in OUTPUT_FORMATS:
         assert original is not None
         outcome = "inspected"
         try:

@@ -28,6 +28,7 @@ from tests.fuzz_worker import (
     EXAMPLE_TIMEOUT,
     FCN_ORIGINAL,
     HDF5_FORMATS,
+    OUTPUT_FORMATS,
     Op,
     Worker,
     mutate,
@@ -42,6 +43,9 @@ FORMATS = (
     "torchvision-pth",
     "torchvision-safetensors",
     "fcn",
+    "fcn-onnx",
+    "fcn-keras",
+    "caffemodel",
     "tensorflow-vgg",
 )
 
@@ -99,7 +103,7 @@ def test_mutated_checkpoint_fails_cleanly_or_converts_exactly(
     source.write_bytes(data)
     outdir = folder / "out"
     outdir.mkdir()
-    original = str(seeds[FCN_ORIGINAL]) if fmt == "fcn" else None
+    original = str(seeds[FCN_ORIGINAL]) if fmt in OUTPUT_FORMATS else None
     if fmt in HDF5_FORMATS:
         verdict = worker.run(fmt, str(source), str(outdir), original, EXAMPLE_TIMEOUT + 4)
     else:

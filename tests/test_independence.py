@@ -34,7 +34,7 @@ def _trunk_kernels_h_w_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _fc6_columns_h_w_swapped(monkeypatch: pytest.MonkeyPatch) -> None:
     """torchvision's (C, H, W) fc6 columns moved to (W, H, C) taps."""
-    monkeypatch.setattr(compile_, "CHW_ROWS_TO_HWIO", (2, 1, 0, 3))
+    monkeypatch.setattr(compile_, "CHW_COLUMNS_TO_HWIO", (3, 2, 1, 0))
 
 
 def _timm_conv_fc6_h_w_swapped(monkeypatch: pytest.MonkeyPatch) -> None:

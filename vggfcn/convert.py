@@ -45,12 +45,18 @@ from .graph import (
 from .shapes import block_plan
 from .tensor import F32, Tensor
 
-#: The axis moves compile makes, each named once (the injected-bug tests break them one by one):
-#: an OIHW kernel to HWIO; an (out, in) dense kernel to (in, out); and the rows of a dense layer
-#: after a channels-first flatten, viewed as (C, H, W, out), to an HWIO kernel.
+#: The axis moves compile makes, each named once (the injected-bug tests break them one by one).
+#: Each goes from the file's own layout to HWIO in one permutation, so it composes with an
+#: output layout's (a torch fc6 written OIHW is its own bytes, streamed) and is never read here.
+#: An OIHW kernel: (O, I, H, W) -> (H, W, I, O).
 OIHW_TO_HWIO = (2, 3, 1, 0)
+#: An (out, in) dense kernel -> (in, out).
 OI_TO_IO = (1, 0)
+#: A dense layer after a channels-first flatten, (out, in) viewed as (out, C, H, W) or (in, out)
+#: viewed as (C, H, W, out); after a channels-last one, (out, in) viewed as (out, H, W, C).
+CHW_COLUMNS_TO_HWIO = (2, 3, 1, 0)
 CHW_ROWS_TO_HWIO = (1, 2, 0, 3)
+HWC_COLUMNS_TO_HWIO = (1, 2, 3, 0)
 
 
 def to_fcn(graph: SourceGraph, *, channel_order: ChannelOrder | None = None) -> FCN:
@@ -185,21 +191,28 @@ def _head(ops: tuple[Op, ...], window: tuple[int, int], path: str) -> tuple[Conv
 def _dense_as_conv(
     op: Dense, h: int, w: int, flattened: FlattenOrder | None, averaged: bool
 ) -> Tensor:
-    """A dense layer as the HWIO convolution that computes it on every window of its input."""
+    """A dense layer as the HWIO convolution that computes it on every window of its input.
+
+    Input index (y * w + x) * C + c of a channels-last flatten is tap (y, x, c), and
+    (c * h + y) * w + x of a channels-first one too: the kernel, viewed with its input axis
+    split that way, moves its axes to HWIO.
+    """
     kernel = op.kernel
-    if op.layout == "OI":
-        out, inputs = kernel.shape
-        kernel = kernel.permute((out, inputs), OI_TO_IO)  # (in, out), rows in the file's order
-    inputs, out = kernel.shape
+    out, inputs = kernel.shape if op.layout == "OI" else kernel.shape[::-1]
     if averaged:  # the mean of an h x w map, times W: every tap is W / (h * w)
+        if op.layout == "OI":
+            kernel = kernel.permute((out, inputs), OI_TO_IO)
         return Tensor.wrap(_Averaged(kernel, h, w), f"{op.kernel.where} / {h * w}")
     if flattened is None:  # a vector (1x1 map): a 1x1 convolution
-        return kernel.reshape((1, 1, inputs, out))
+        flattened, h, w = "HWC", 1, 1
     channels = inputs // (h * w)
-    if flattened == "HWC":  # row (y * w + x) * C + c is tap (y, x, c): HWIO as it stands
-        return kernel.reshape((h, w, channels, out))
-    # row (c * h + y) * w + x: view as (C, H, W, out) and move C inside
-    return kernel.permute((channels, h, w, out), CHW_ROWS_TO_HWIO)
+    if op.layout == "OI":
+        if flattened == "CHW":
+            return kernel.permute((out, channels, h, w), CHW_COLUMNS_TO_HWIO)
+        return kernel.permute((out, h, w, channels), HWC_COLUMNS_TO_HWIO)
+    if flattened == "CHW":
+        return kernel.permute((channels, h, w, out), CHW_ROWS_TO_HWIO)
+    return kernel.reshape((h, w, channels, out))  # (H, W, C) rows: HWIO as it stands
 
 
 class _Averaged:
