@@ -46,9 +46,8 @@ import contextlib
 import math
 import mmap
 import os
-from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -67,9 +66,9 @@ from ..graph import (
     SourceGraph,
 )
 from ..tensor import Tensor
+from .protobuf import Message, Wire
 from .region import FileRegion
 
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 #: V1LayerParameter.LayerType, as Caffe's own upgrade (`UpgradeV1LayerType`) names them.
 # fmt: off
 _V1_TYPES = {
@@ -125,95 +124,14 @@ def open(path: str) -> Iterator[SourceGraph]:  # noqa: A001 (the reader contract
         if os.fstat(f.fileno()).st_size == 0:
             raise FormatError(f"{path}: empty file, expected a .caffemodel")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            graph = _Net(_Wire(path, data)).read()
+            graph = _Net(Wire(path, data)).read()
     yield graph
-
-
-@dataclass
-class _Message:
-    """One message's fields by number: varint values, and (start, end) of the others
-    (length-delimited payloads and fixed-width values alike)."""
-
-    what: str  # "layer #3", for messages
-    ints: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
-    spans: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
-
-    def has(self, number: int) -> bool:
-        return bool(self.ints.get(number) or self.spans.get(number))
-
-    def last(self, number: int, default: int = 0) -> int:
-        """An optional scalar: its last value, as protobuf says."""
-        return self.ints.get(number, [default])[-1]
-
-
-class _Wire:
-    """The file's bytes, parsed one known message at a time."""
-
-    def __init__(self, path: str, data: mmap.mmap) -> None:
-        self.path, self.data = path, data
-
-    def error(self, text: str) -> FormatError:
-        return FormatError(f"{self.path}: {text}")
-
-    def varint(self, start: int, end: int) -> tuple[int, int]:
-        value = 0
-        for pos in range(start, min(start + 10, end)):
-            value |= (self.data[pos] & 0x7F) << 7 * (pos - start)
-            if self.data[pos] < 0x80:
-                return value, pos + 1
-        if end - start < 10:
-            raise self.error(f"varint at byte {start} runs past its end {end} (truncated?)")
-        raise self.error(f"bad varint at byte {start} (more than 10 bytes)")
-
-    def message(self, spans: list[tuple[int, int]], what: str) -> _Message:
-        """The fields of a message, merged over all its occurrences (protobuf's rule)."""
-        out = _Message(what)
-        for pos, end in spans:
-            while pos < end:
-                key, at = self.varint(pos, end)
-                number, wire = key >> 3, key & 7
-                if wire == _VARINT:
-                    value, pos = self.varint(at, end)
-                    out.ints[number].append(value)
-                    continue
-                if wire == _LEN:
-                    length, at = self.varint(at, end)
-                elif wire in (_FIXED64, _FIXED32):
-                    length = 8 if wire == _FIXED64 else 4
-                else:
-                    raise self.error(
-                        f"{what}: field {number} at byte {pos} has wire type {wire} "
-                        "(a group or invalid); expected 0, 1, 2 or 5"
-                    )
-                if number == 0 or length > end - at:
-                    raise self.error(
-                        f"{what}: field {number} at byte {pos} needs {length} bytes, "
-                        f"{end - at} remain before its end (truncated or corrupt)"
-                    )
-                out.spans[number].append((at, at + length))
-                pos = at + length
-        return out
-
-    def strings(self, message: _Message, number: int) -> list[str]:
-        try:
-            return [self.data[a:b].decode("utf-8") for a, b in message.spans.get(number, [])]
-        except UnicodeDecodeError:
-            raise self.error(f"{message.what}: field {number} is not UTF-8 text") from None
-
-    def ints(self, message: _Message, number: int) -> list[int]:
-        """A repeated integer field, unpacked or packed (both are valid protobuf)."""
-        values = list(message.ints.get(number, []))
-        for pos, end in message.spans.get(number, []):
-            while pos < end:
-                value, pos = self.varint(pos, end)
-                values.append(value)
-        return values
 
 
 class _Net:
     """A NetParameter read layer by layer into the ops of a chain."""
 
-    def __init__(self, wire: _Wire) -> None:
+    def __init__(self, wire: Wire) -> None:
         self.wire, self.path = wire, wire.path
         self.net = wire.message([(0, len(wire.data))], "NetParameter")
         self.ops: list[Op] = []
@@ -254,12 +172,12 @@ class _Net:
             provenance=Provenance(self.path, "caffemodel", layout.generation, notes),
         )
 
-    def _shape(self, message: _Message, number: int, what: str) -> list[int]:
+    def _shape(self, message: Message, number: int, what: str) -> list[int]:
         """The dims of the first BlobShape in a repeated field, or []."""
         spans = message.spans.get(number, [])
         return self.wire.ints(self.wire.message(spans[:1], what), 1)
 
-    def _layer(self, layout: _Layout, index: int, layer: _Message) -> None:
+    def _layer(self, layout: _Layout, index: int, layer: Message) -> None:
         wire = self.wire
         name = (wire.strings(layer, layout.name) or [f"#{index + 1}"])[-1]
         if layout is _V1:
@@ -303,7 +221,7 @@ class _Net:
         self._op(kind, name, param, layer.spans.get(layout.blobs, []))
 
     def _op(
-        self, kind: str, name: str, param: _Message | None, blobs: list[tuple[int, int]]
+        self, kind: str, name: str, param: Message | None, blobs: list[tuple[int, int]]
     ) -> None:
         """The op of one chain layer, its settings checked against what the op can mean."""
         wire = self.wire
@@ -344,12 +262,12 @@ class _Net:
                 "Convolution, ReLU, Pooling, InnerProduct, Dropout, Softmax"
             )
 
-    def _geometry(self, param: _Message, one: int, h: int, w: int, default: int) -> set[int]:
+    def _geometry(self, param: Message, one: int, h: int, w: int, default: int) -> set[int]:
         """The values of a side setting given once (`one`) or per axis (`h`, `w`)."""
         wire = self.wire
         return set(wire.ints(param, one) or wire.ints(param, h) + wire.ints(param, w) or [default])
 
-    def _check_conv(self, name: str, param: _Message | None) -> None:
+    def _check_conv(self, name: str, param: Message | None) -> None:
         if param is None:
             self.assumed.append(name)
             return
@@ -363,7 +281,7 @@ class _Net:
                 "VGG's 3x3, pad 1, stride 1"
             )
 
-    def _check_pool(self, name: str, param: _Message | None) -> bool:
+    def _check_pool(self, name: str, param: Message | None) -> bool:
         """Whether a 2x2 stride-2 max pool rounds its output size up (Caffe's default)."""
         if param is None:
             self.assumed.append(name)

@@ -37,9 +37,8 @@ import contextlib
 import mmap
 import os
 import re
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import accumulate
 from math import prod
 from typing import BinaryIO
@@ -53,6 +52,7 @@ from ..fcn import FCN, ConvLayer, head_name
 from ..tensor import F32, Tensor
 from . import fcn_file
 from .blocks import checked_blocks
+from .protobuf import LEN, VARINT, Message, Wire
 from .region import FileRegion
 
 IR_VERSION = 8  # the IR of ONNX 1.12, which introduced opset 17
@@ -69,7 +69,6 @@ STORAGE = {
 }
 HWIO_TO_OIHW = (3, 2, 0, 1)
 OIHW_TO_HWIO = (2, 3, 1, 0)
-_VARINT, _LEN = 0, 2
 _FLOAT, _INTS = 1, 7  # TensorProto.FLOAT, AttributeProto.INTS
 #: TensorProto fields that hold or locate data somewhere other than `raw_data`.
 _OTHER_DATA = {
@@ -133,7 +132,7 @@ def write(
     start = nodes + _bytes(2, f"{fcn.name}_fcn".encode())
     weights = sum(len(head) + t.size * F32.itemsize for head, t in initializers)
     f.write(_int(1, IR_VERSION) + _bytes(2, PRODUCER.encode()) + _bytes(3, __version__.encode()))
-    f.write(_key(7, _LEN) + _varint(len(start) + weights + len(ends)) + start)
+    f.write(_key(7, LEN) + _varint(len(start) + weights + len(ends)) + start)
     for head, tensor in initializers:
         f.write(head)
         for block in checked_blocks(tensor, allow_nonfinite):
@@ -186,8 +185,8 @@ def _initializer(name: str, shape: tuple[int, ...]) -> bytes:
     """GraphProto.initializer's key and length, then the TensorProto up to its raw bytes."""
     nbytes = prod(shape) * F32.itemsize
     body = b"".join(_int(1, d) for d in shape) + _int(2, _FLOAT) + _bytes(8, name.encode())
-    body += _key(9, _LEN) + _varint(nbytes)
-    return _key(5, _LEN) + _varint(len(body) + nbytes) + body
+    body += _key(9, LEN) + _varint(nbytes)
+    return _key(5, LEN) + _varint(len(body) + nbytes) + body
 
 
 def _value_info(name: str, dims: list[str | int]) -> bytes:
@@ -211,11 +210,11 @@ def _key(number: int, wire: int) -> bytes:
 
 
 def _int(number: int, value: int) -> bytes:
-    return _key(number, _VARINT) + _varint(value)
+    return _key(number, VARINT) + _varint(value)
 
 
 def _bytes(number: int, data: bytes) -> bytes:
-    return _key(number, _LEN) + _varint(len(data)) + data
+    return _key(number, LEN) + _varint(len(data)) + data
 
 
 @contextlib.contextmanager
@@ -232,102 +231,8 @@ def open(path: str) -> Iterator[FCN]:  # noqa: A001 (the reader contract's name)
         if os.fstat(f.fileno()).st_size == 0:
             raise FormatError(f"{path}: empty file, expected an ONNX model written by vggfcn")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            fcn = _read(_Wire(path, data))
+            fcn = _read(Wire(path, data))
     yield fcn
-
-
-@dataclass
-class _Message:
-    """One message's fields by number: varint values, and (start, end) of length-delimited ones
-    (strings, bytes, sub-messages, packed ints). Other wire types are skipped."""
-
-    what: str
-    ints: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
-    spans: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
-
-    def has(self, number: int) -> bool:
-        return bool(self.ints.get(number) or self.spans.get(number))
-
-
-class _Wire:
-    """The file's bytes, parsed one message at a time.
-
-    Nesting is capped by construction: each message kind is parsed by code that knows which of
-    its fields are sub-messages (Model > Graph > Node > Attribute, Graph > ValueInfo > Type >
-    Tensor > Shape > Dimension, at most six deep); any other field is stepped over by its wire
-    type, never descended into, so no file can make the reader recurse.
-    """
-
-    def __init__(self, path: str, data: mmap.mmap) -> None:
-        self.path, self.data = path, data
-
-    def error(self, text: str) -> FormatError:
-        return FormatError(f"{self.path}: {text}")
-
-    def varint(self, pos: int, end: int) -> tuple[int, int]:
-        value = 0
-        for shift in range(0, 70, 7):
-            if pos >= end:
-                raise self.error(f"a varint runs past byte {end} (truncated or corrupt)")
-            byte = self.data[pos]
-            value |= (byte & 0x7F) << shift
-            pos += 1
-            if byte < 0x80:
-                return value, pos
-        raise self.error(f"bad varint at byte {pos - 10} (more than 10 bytes)")
-
-    def message(self, span: tuple[int, int], what: str) -> _Message:
-        out, (pos, end) = _Message(what), span
-        while pos < end:
-            key, at = self.varint(pos, end)
-            number, wire = key >> 3, key & 7
-            if wire == _VARINT:
-                value, pos = self.varint(at, end)
-                out.ints[number].append(value)
-                continue
-            if number == 0 or wire not in (_LEN, 1, 5):
-                raise self.error(
-                    f"{what} has a bad key at byte {pos} (field {number}, wire type {wire}): "
-                    "corrupt, or not a protobuf"
-                )
-            length, at = self.varint(at, end) if wire == _LEN else (8 if wire == 1 else 4, at)
-            if length > end - at:
-                raise self.error(
-                    f"{what} field {number} at byte {pos} needs {length} bytes, "
-                    f"{end - at} remain before its end (truncated or corrupt)"
-                )
-            if wire == _LEN:
-                out.spans[number].append((at, at + length))
-            pos = at + length
-        return out
-
-    def one(self, message: _Message, number: int, what: str) -> _Message:
-        """The sub-message in field `number`, which must occur once."""
-        spans = message.spans.get(number, [])
-        if len(spans) != 1:
-            raise self.error(
-                f"{message.what} has {len(spans)} {what}s in field {number}, expected 1"
-            )
-        return self.message(spans[0], what)
-
-    def string(self, message: _Message, number: int) -> str:
-        """An optional string field: its last value, as protobuf says, or ""."""
-        return (self.strings(message, number) or [""])[-1]
-
-    def strings(self, message: _Message, number: int) -> list[str]:
-        try:
-            return [self.data[a:b].decode("utf-8") for a, b in message.spans.get(number, [])]
-        except UnicodeDecodeError:
-            raise self.error(f"{message.what} field {number} is not UTF-8") from None
-
-    def ints(self, message: _Message, number: int) -> list[int]:
-        """A repeated int64 field, unpacked (as we write it) or packed."""
-        values = list(message.ints.get(number, []))
-        for pos, end in message.spans.get(number, []):
-            while pos < end:
-                value, pos = self.varint(pos, end)
-                values.append(value)
-        return values
 
 
 @dataclass(frozen=True)
@@ -339,11 +244,11 @@ class _Node:
     attributes: dict[str, list[int]]
 
 
-def _read(wire: _Wire) -> FCN:
+def _read(wire: Wire) -> FCN:
     path = wire.path
-    model = wire.message((0, len(wire.data)), "ModelProto")
+    model = wire.message([(0, len(wire.data))], "ModelProto")
     ir, producer = model.ints.get(1, [0])[-1], wire.string(model, 2)
-    opsets = [wire.message(s, "opset_import") for s in model.spans.get(8, [])]
+    opsets = [wire.message([s], "opset_import") for s in model.spans.get(8, [])]
     imports = [(wire.string(o, 1), o.ints.get(2, [0])[-1]) for o in opsets]
     if (ir, producer, imports) != (IR_VERSION, PRODUCER, [("", OPSET)]):
         raise wire.error(
@@ -352,7 +257,7 @@ def _read(wire: _Wire) -> FCN:
         )
     meta: dict[str, str] = {}
     for span in model.spans.get(14, []):
-        entry = wire.message(span, "metadata_props")
+        entry = wire.message([span], "metadata_props")
         meta[wire.string(entry, 1)] = wire.string(entry, 2)
     missing = {k: meta.get(k) for k in ("format", "format_version") if meta.get(k) != STORAGE[k]}
     if missing:
@@ -395,9 +300,9 @@ def _read(wire: _Wire) -> FCN:
     return fcn
 
 
-def _tensor(wire: _Wire, span: tuple[int, int]) -> tuple[str, Tensor]:
+def _tensor(wire: Wire, span: tuple[int, int]) -> tuple[str, Tensor]:
     """An initializer as a lazy float32 tensor over its `raw_data` bytes in the file."""
-    tensor = wire.message(span, "initializer")
+    tensor = wire.message([span], "initializer")
     name = wire.string(tensor, 8)
     shape = tuple(wire.ints(tensor, 1))
     other = [what for number, what in _OTHER_DATA.items() if tensor.has(number)]
@@ -416,9 +321,9 @@ def _tensor(wire: _Wire, span: tuple[int, int]) -> tuple[str, Tensor]:
     return name, Tensor.wrap(FileRegion(wire.path, start, shape, F32), f"{wire.path}:{name}")
 
 
-def _check_value(wire: _Wire, graph: _Message, number: int, name: str) -> None:
+def _check_value(wire: Wire, graph: Message, number: int, name: str) -> None:
     """The graph's one input (or output): `name`, a rank-4 float tensor."""
-    values = [wire.message(span, "ValueInfoProto") for span in graph.spans.get(number, [])]
+    values = [wire.message([span], "ValueInfoProto") for span in graph.spans.get(number, [])]
     found = [wire.string(v, 1) for v in values]
     if found == [name]:
         tensor = wire.one(wire.one(values[0], 2, "TypeProto"), 1, "TypeProto.Tensor")
@@ -429,14 +334,14 @@ def _check_value(wire: _Wire, graph: _Message, number: int, name: str) -> None:
     raise wire.error(f"graph {kind}s {found}; expected one float (N, C, H, W) {kind} {name!r}")
 
 
-def _node_of(wire: _Wire, span: tuple[int, int]) -> _Node:
-    node = wire.message(span, "NodeProto")
+def _node_of(wire: Wire, span: tuple[int, int]) -> _Node:
+    node = wire.message([span], "NodeProto")
     name = wire.string(node, 3)
     if wire.string(node, 7):
         raise wire.error(f"node {name!r} is in domain {wire.string(node, 7)!r}, expected ''")
     attributes = {}
     for attribute_span in node.spans.get(5, []):
-        attribute = wire.message(attribute_span, "AttributeProto")
+        attribute = wire.message([attribute_span], "AttributeProto")
         key = wire.string(attribute, 1)
         if attribute.ints.get(20) != [_INTS]:
             raise wire.error(f"node {name!r} attribute {key!r} is not a list of ints")
@@ -446,7 +351,7 @@ def _node_of(wire: _Wire, span: tuple[int, int]) -> _Node:
 
 
 def _walk(
-    wire: _Wire, nodes: list[_Node], tensors: dict[str, Tensor]
+    wire: Wire, nodes: list[_Node], tensors: dict[str, Tensor]
 ) -> tuple[tuple[int, ...], list[tuple[_Node, bool]]]:
     """The plan and each Conv with whether a Relu follows, from a chain of nodes `write` makes.
 
@@ -503,7 +408,7 @@ def _walk(
 
 
 def _conv_attributes(
-    wire: _Wire, node: _Node, tensors: dict[str, Tensor], *, trunk: bool
+    wire: Wire, node: _Node, tensors: dict[str, Tensor], *, trunk: bool
 ) -> dict[str, list[int]]:
     """The attributes `write` gives this Conv, after checking its weight and bias."""
     names = node.inputs[1:] if len(node.inputs) == 3 else ["", ""]
