@@ -22,6 +22,9 @@ ORDERS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
     "(out,in)->(in,out)": ((20, 33), (20, 33), (1, 0)),
     "CHW rows->HWIO": ((6 * 7 * 7, 20), (6, 7, 7, 20), (1, 2, 0, 3)),
     "OIHW->HWIO": ((20, 6, 3, 3), (20, 6, 3, 3), (2, 3, 1, 0)),
+    # a slab holds 20 whole kernels, so a chunk is gathered in output order, and an output
+    # row (2 KiB) is larger than a block: blocks are cut from inside rows
+    "OIHW->HWIO, wide slabs": ((128, 4, 3, 3), (128, 4, 3, 3), (2, 3, 1, 0)),
     "first axis kept": ((13, 5, 4), (13, 5, 4), (0, 2, 1)),
     "no axis stays put": ((4, 5, 6, 7), (4, 5, 6, 7), (2, 0, 3, 1)),
     "unit axes": ((5, 9), (5, 1, 9, 1), (2, 3, 1, 0)),
@@ -36,6 +39,7 @@ STREAMS_AT = {
     "(out,in)->(in,out)": 200,
     "CHW rows->HWIO": 4000,
     "OIHW->HWIO": 500,
+    "OIHW->HWIO, wide slabs": 6000,
     "first axis kept": 100,
     "no axis stays put": 900,
     "unit axes": 40,

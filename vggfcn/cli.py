@@ -205,9 +205,10 @@ def convert(
     elif not quiet:
         what = "fully convolutional" if result.head == "classifier" else "reduced backbone"
         first = "fc6" if result.head == "classifier" else "conv6"
+        outputs = "classes" if result.head == "classifier" else "output channels"
         stored = {"onnx": "OIHW", "keras": "HWIO"}.get(result.format, layout.upper())
         click.echo(
-            f"wrote {result.output}: {result.arch} {what}, {result.classes} classes, "
+            f"wrote {result.output}: {result.arch} {what}, {result.classes} {outputs}, "
             f"{result.parameters:,} parameters, {first} as {result.fc6_shape} {stored}"
         )
         check = result.verification

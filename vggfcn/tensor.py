@@ -177,6 +177,9 @@ _SLAB_PARTS = 2
 #: at 3 to 25 ms per 400 MB (see bench/transpose.py), so the fewer passes the better: fc6
 #: streamed in 0.38 s through a 44 MiB table (9 passes), 0.65 s through a 12 MiB one (34).
 _WORK_BLOCKS = 4
+#: Elements (64 bytes, a cache line) a slab must span of the output's innermost axis for a
+#: chunk to be gathered straight into output order.
+_RUN = 16
 #: Table rows per tile of a chunk's final 2-D transpose.
 _TABLE_TILE_ROWS = 512
 
@@ -210,6 +213,7 @@ class _Stream:
     view: tuple[int, ...]
     axes: tuple[int, ...]
     block_rows: int  # output rows per block
+    block_size: int  # elements per block cut from an output-order table
     chunk_rows: int  # output rows gathered per pass over the source
     depth: int  # the view axis a slab is a range of
     span: int  # indices of that axis per slab
@@ -227,19 +231,28 @@ class _Stream:
         row = tensor.size // view[j] * F32.itemsize  # bytes
         if rows == 0 or max(row, tensor.size // rows * F32.itemsize) > max_bytes:
             return None
-        block_rows = max(1, max_bytes // _BLOCK_PARTS // row)
+        block = max_bytes // _BLOCK_PARTS  # bytes
+        block_rows = max(1, block // row)
         slab = max_bytes // _SLAB_PARTS // F32.itemsize  # elements
         depth = 0
         while _prod(view[depth + 1 :]) > slab:
             depth += 1
         span = max(1, slab // _prod(view[depth + 1 :]))
         if j == 0:
-            return cls(tensor, view, axes, block_rows, block_rows, depth, span, axes)
-        held = span * _prod(view[depth + 1 :]) * F32.itemsize + _IN_FLIGHT * block_rows * row
+            return cls(tensor, view, axes, block_rows, 0, block_rows, depth, span, axes)
+        # Gather in output order when each output run is long: the output's innermost axis is
+        # the source's (CHW rows -> HWIO), or the one a slab spans many indices of (OIHW ->
+        # HWIO, where a slab is many whole output columns).
+        in_order = axes[-1] == len(view) - 1 or (axes[-1] == depth and span >= _RUN)
+        layout = axes if in_order else (*axes[1:], j)
+        # An output-order table is cut into blocks anywhere, so its blocks stay small even
+        # when its rows do not (an 8 MiB HWIO fc6 row from OIHW): more of it is table.
+        block_size = min(block, block_rows * row) // F32.itemsize
+        flight = _IN_FLIGHT * (block_size * F32.itemsize if in_order else block_rows * row)
+        held = span * _prod(view[depth + 1 :]) * F32.itemsize + flight
         passes = -(-view[j] // max(block_rows, (_WORK_BLOCKS * max_bytes - held) // row))
         chunk_rows = -(-view[j] // passes)  # as even as the passes allow: the least memory
-        layout = axes if axes[-1] == len(view) - 1 else (*axes[1:], j)
-        return cls(tensor, view, axes, block_rows, chunk_rows, depth, span, layout)
+        return cls(tensor, view, axes, block_rows, block_size, chunk_rows, depth, span, layout)
 
     def blocks(self) -> Generator[np.ndarray, None, None]:
         """The tensor's blocks in order, each a fresh array (a caller may keep it)."""
@@ -258,9 +271,9 @@ class _Stream:
             table = buffer[: _prod(shape)].reshape(shape)
             self._gather(a, b, table)
             if self.layout == self.axes:
-                rows = table.reshape(b - a, -1)
-                for o in range(0, b - a, self.block_rows):
-                    yield rows[o : o + self.block_rows].copy()
+                flat = table.reshape(-1)
+                for o in range(0, flat.size, self.block_size):
+                    yield flat[o : o + self.block_size].copy()
                 continue
             columns = table.reshape(-1, b - a)
             for o in range(0, b - a, self.block_rows):

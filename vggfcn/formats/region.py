@@ -1,8 +1,8 @@
 """Arrays stored raw and contiguous inside a file, read by memory-mapping just their bytes.
 
-Keras writes weights as contiguous, unfiltered HDF5 datasets and safetensors stores raw tensors:
-plain C-order bytes at a known offset. Mapping those bytes ourselves instead of reading them
-through h5py or into fresh arrays matters three ways:
+Keras writes weights as contiguous, unfiltered HDF5 datasets, safetensors stores raw tensors and
+a `.caffemodel` packed floats: plain C-order bytes at a known offset. Mapping those bytes
+ourselves instead of reading them through h5py or into fresh arrays matters three ways:
 
 - no copy: the array *is* the page cache, so a 400 MB fc6 costs no allocation and no memcpy
   (first-touching fresh anonymous memory is what dominated a read, more on a VM);
@@ -35,7 +35,8 @@ class FileRegion:
     """A C-order array of `shape` and `dtype` at byte `offset` of the file at `path`.
 
     Sliceable along the first axis like an h5py dataset or an ndarray: `region[()]` gives all
-    of it, `region[a:b]` rows a..b, each as a read-only array over a fresh map of those bytes.
+    of it, `region[a:b]` rows a..b, each as a read-only array over a fresh map of those bytes
+    (see `_map` for the one exception).
     No handle stays open between reads (a map holds its own until its array goes), so a region
     outlives the HDF5 file object it was found through.
     """
@@ -66,18 +67,24 @@ class FileRegion:
         length = (stop - start) * row_bytes
         if length == 0:
             return np.empty(shape, dtype=self.dtype)
-        return self._map(self.offset + start * row_bytes, length).view(self.dtype).reshape(shape)
+        position = self.offset + start * row_bytes
+        if key == () and position % self.dtype.itemsize:
+            data = self._read(position, length)
+        else:
+            data = self._map(position, length)
+        return data.view(self.dtype).reshape(shape)
 
     def _map(self, position: int, length: int) -> np.ndarray:
         """`length` bytes at `position`, as read-only uint8 viewing a private map.
 
         Weights at an offset that is not a multiple of their size (a `.keras` archive puts its
-        HDF5 member wherever the config before it ends) would make every later operation (BLAS
-        included) take a slow unaligned path: those are read into an aligned array instead —
-        one copy, not a map *and* a copy of a 400 MB tensor at once.
+        HDF5 member wherever the config before it ends; a Caffe blob wherever its protobuf
+        field does) are mapped all the same when asked for by rows: those are streamed through
+        a copy or a transpose straight away, which reads unaligned memory at full speed. Only a
+        whole-tensor read (`[()]`), which is what a forward pass computes with, is read into an
+        aligned array by `_read` instead: unaligned operands would put BLAS on a slow path,
+        and one copy beats a map *and* a copy of a 400 MB tensor.
         """
-        if position % self.dtype.itemsize:
-            return self._read(position, length)
         base = position - position % mmap.ALLOCATIONGRANULARITY
         try:
             with open(self.path, "rb") as f:
