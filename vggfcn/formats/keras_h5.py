@@ -17,6 +17,7 @@ What the layers are is `keras_model`'s business.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
 import multiprocessing
 import os
@@ -126,8 +127,10 @@ def _preflight(path: str, fileobj: Callable[[], BinaryIO] | None) -> None:
 
 def _walk(path: str, fileobj: Callable[[], BinaryIO] | None) -> None:
     """The preflight child: walk every group and dataset header the readers walk. Errors are
-    the parent's to report; only a hang or a crash matters here."""
+    the parent's to report; only a hang or a crash matters here. A crash is reported by the
+    parent in one line, so the child prints no Python traceback dump of its own."""
     gc.disable()
+    faulthandler.disable()
     with contextlib.suppress(Exception), h5py.File(fileobj() if fileobj else path, "r") as f:
         f.visititems(lambda _name, obj: _touch(obj))
     os._exit(0)  # skip interpreter teardown: nothing of the parent's to flush or close
