@@ -17,6 +17,10 @@ import safetensors.torch
 from click.testing import CliRunner, Result
 
 from vggfcn.cli import main
+from vggfcn.convert import to_fcn
+from vggfcn.fcn import FCN
+from vggfcn.formats import fcn_file
+from vggfcn.synthetic import TINY, random_classifier
 
 
 def run(*args: object) -> Result:
@@ -118,3 +122,13 @@ def write(path: Path, data: bytes) -> Path:
 def mkdir(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+def tiny_fcn() -> FCN:
+    """A tiny random VGG16 classifier compiled to an FCN: what the output writers' tests write."""
+    return to_fcn(random_classifier(TINY))
+
+
+def fcn_metadata(fcn: FCN) -> dict[str, str]:
+    """The metadata `convert` would store for `fcn`, with a placeholder source digest."""
+    return fcn_file.metadata(fcn, "src.h5", "0" * 64)

@@ -25,13 +25,14 @@ import keras
 import numpy as np
 import pytest
 
+from tests.helpers import fcn_metadata, tiny_fcn
 from vggfcn.arch import Arch
 from vggfcn.convert import to_fcn
 from vggfcn.errors import FormatError, OutputError
 from vggfcn.fcn import FCN
 from vggfcn.formats import fcn_file, keras_fcn, load
 from vggfcn.forward import logits
-from vggfcn.synthetic import TINY, random_classifier
+from vggfcn.synthetic import random_classifier
 from vggfcn.tensor import Tensor
 
 #: (H, W) inputs: a 1x1 score map (stock head), 3x3, 8x8 and a non-square one.
@@ -48,18 +49,10 @@ ZIP_FIELDS = [
 KINDS = ["tiny", "keras1", "torchvision.pth", "vgg11", "vgg19", "odd-head"]
 
 
-def meta(fcn: FCN) -> dict[str, str]:
-    return fcn_file.metadata(fcn, "src.h5", "0" * 64)
-
-
 def write(path: Path, fcn: FCN, allow_nonfinite: bool = False) -> Path:
     with open(path, "wb") as f:  # write-only: the writer never reads its output back
-        keras_fcn.write(f, fcn, lambda: meta(fcn), allow_nonfinite=allow_nonfinite)
+        keras_fcn.write(f, fcn, lambda: fcn_metadata(fcn), allow_nonfinite=allow_nonfinite)
     return path
-
-
-def tiny() -> FCN:
-    return to_fcn(random_classifier(TINY))
 
 
 def odd_head(fcn: FCN) -> FCN:
@@ -79,7 +72,7 @@ def network(kind: str, sources: dict[str, Path]) -> Iterator[FCN]:
     elif kind in ("vgg11", "vgg19"):
         yield to_fcn(random_classifier(Arch.from_blocks(kind, (4, 8, 8, 16, 16), (32, 32), 10)))
     else:
-        yield odd_head(tiny()) if kind == "odd-head" else tiny()
+        yield odd_head(tiny_fcn()) if kind == "odd-head" else tiny_fcn()
 
 
 def keras_twin(fcn: FCN) -> keras.Model:
@@ -125,7 +118,7 @@ def test_keras_loads_it_safely_and_gives_our_logits_at_any_size(
 
 def test_the_model_is_the_one_keras_builds_and_saves_itself(tmp_path: Path) -> None:
     """Same layers and config as the Keras API gives; the same weights file as Keras writes."""
-    fcn = odd_head(tiny())
+    fcn = odd_head(tiny_fcn())
     ours = write(tmp_path / "m.keras", fcn)
     model, twin = keras.saving.load_model(ours, safe_mode=True), keras_twin(fcn)
     as_json = [json.loads(json.dumps(m.get_config())) for m in (model, twin)]  # tuples: lists
@@ -163,7 +156,7 @@ def _weights(path: Path) -> dict[str, Any]:
 def test_zip_members_are_stored_dated_1980_and_otherwise_as_keras_writes_them(
     tmp_path: Path,
 ) -> None:
-    fcn = tiny()
+    fcn = tiny_fcn()
     path = write(tmp_path / "m.keras", fcn)
     keras_twin(fcn).save(tmp_path / "twin.keras")
     with zipfile.ZipFile(path) as z, zipfile.ZipFile(tmp_path / "twin.keras") as twin:
@@ -178,12 +171,12 @@ def test_zip_members_are_stored_dated_1980_and_otherwise_as_keras_writes_them(
 
 
 def test_our_metadata_rides_in_metadata_json_after_the_weights(tmp_path: Path) -> None:
-    fcn, asked = tiny(), []
+    fcn, asked = tiny_fcn(), []
     written: list[int] = []
 
     def late() -> dict[str, str]:
         asked.append(sum(written))
-        return meta(fcn)
+        return fcn_metadata(fcn)
 
     path = tmp_path / "m.keras"
     with open(path, "wb") as f:
@@ -194,7 +187,7 @@ def test_our_metadata_rides_in_metadata_json_after_the_weights(tmp_path: Path) -
     assert stored == {
         "keras_version": keras_fcn.KERAS_VERSION,
         "date_saved": keras_fcn.DATE_SAVED,
-        keras_fcn.VGGFCN_KEY: {**meta(fcn), **keras_fcn.STORAGE},
+        keras_fcn.VGGFCN_KEY: {**fcn_metadata(fcn), **keras_fcn.STORAGE},
     }
     info = fcn_file.info_from_metadata("m.keras", stored[keras_fcn.VGGFCN_KEY], "keras")
     assert info == replace(fcn.info, path="m.keras", stored_as="keras")
@@ -214,7 +207,7 @@ def test_the_package_does_not_import_keras() -> None:
 
 
 def test_layer_names_follow_the_source_and_stay_unique_and_valid(tmp_path: Path) -> None:
-    fcn = tiny()
+    fcn = tiny_fcn()
     sources = ["features.0", "features_0", "0", "block1_pool", "", "_x", "a/b", "a:b", "ü"]
     sources += ["input", "j", "k", "l", "classifier.0", "classifier.3", "classifier.6"]
     layers = [replace(layer, source_name=s) for layer, s in zip(fcn.layers, sources, strict=True)]
@@ -245,7 +238,7 @@ def test_rewrites_are_byte_identical_and_our_reader_reads_them(
 
 
 def test_nan_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
-    fcn = tiny()
+    fcn = tiny_fcn()
     kernel = fcn.head[1].kernel.read().copy()
     kernel[0, 0, 3, 5] = np.nan
     fc7 = replace(fcn.head[1], kernel=Tensor.wrap(kernel, "<nan>:fc7.kernel"))
@@ -259,7 +252,7 @@ def test_nan_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
 def test_weights_beyond_a_zip32_archive_are_refused_before_any_is_written(
     tmp_path: Path,
 ) -> None:
-    fcn = tiny()
+    fcn = tiny_fcn()
     huge = np.broadcast_to(np.float32(0), (7, 7, 16, 1 << 21))  # 6.6 GB, never read
     fc6 = replace(fcn.head[0], kernel=Tensor.wrap(huge, "<huge>:fc6.kernel"))
     written: list[int] = []

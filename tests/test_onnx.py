@@ -21,13 +21,14 @@ import pytest
 from onnx import helper, numpy_helper
 
 import vggfcn
+from tests.helpers import fcn_metadata, tiny_fcn
 from vggfcn.arch import Arch
 from vggfcn.convert import to_fcn
 from vggfcn.errors import FormatError, VggfcnError
 from vggfcn.fcn import FCN
-from vggfcn.formats import detect, fcn_file, load, onnx_file
+from vggfcn.formats import detect, load, onnx_file
 from vggfcn.forward import logits
-from vggfcn.synthetic import TINY, random_classifier
+from vggfcn.synthetic import random_classifier
 from vggfcn.tensor import Tensor
 
 #: (H, W) inputs: a 1x1 score map, 3x3, and a non-square one.
@@ -35,18 +36,10 @@ SIZES = [(224, 224), (288, 288), (256, 352)]
 KINDS = ["tiny", "keras1", "torchvision.pth", "vgg11", "vgg19", "odd-head"]
 
 
-def meta(fcn: FCN) -> dict[str, str]:
-    return fcn_file.metadata(fcn, "src.h5", "0" * 64)
-
-
 def write(path: Path, fcn: FCN, **options: bool) -> Path:
     with open(path, "wb") as f:
-        onnx_file.write(f, fcn, lambda: meta(fcn), **options)
+        onnx_file.write(f, fcn, lambda: fcn_metadata(fcn), **options)
     return path
-
-
-def tiny() -> FCN:
-    return to_fcn(random_classifier(TINY))
 
 
 def odd_head(fcn: FCN) -> FCN:
@@ -65,7 +58,7 @@ def network(kind: str, sources: dict[str, Path]) -> Iterator[FCN]:
     elif kind in ("vgg11", "vgg19"):
         yield to_fcn(random_classifier(Arch.from_blocks(kind, (4, 8, 8, 16, 16), (32, 32), 10)))
     else:
-        yield odd_head(tiny()) if kind == "odd-head" else tiny()
+        yield odd_head(tiny_fcn()) if kind == "odd-head" else tiny_fcn()
 
 
 def refused(path: Path, *expected: str) -> str:
@@ -84,7 +77,7 @@ def refused(path: Path, *expected: str) -> str:
 
 
 def test_the_checker_accepts_the_model_and_sees_our_graph(tmp_path: Path) -> None:
-    fcn = tiny()
+    fcn = tiny_fcn()
     path = write(tmp_path / "m.onnx", fcn)
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path))
@@ -99,7 +92,7 @@ def test_the_checker_accepts_the_model_and_sees_our_graph(tmp_path: Path) -> Non
     assert _dims(image) == ["N", 3, "H", "W"] and _dims(scores) == ["N", 10, "h", "w"]
     assert image.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     props = [(p.key, p.value) for p in model.metadata_props]
-    assert props == sorted({**meta(fcn), **onnx_file.STORAGE}.items())
+    assert props == sorted({**fcn_metadata(fcn), **onnx_file.STORAGE}.items())
     assert dict(props)["source_sha256"] == "0" * 64 and dict(props)["layout"] == "OIHW"
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     oihw = fcn.head[0].kernel.read().transpose(3, 2, 0, 1)
@@ -126,7 +119,7 @@ def test_onnxruntime_gives_our_logits(kind: str, sources: dict[str, Path], tmp_p
 
 
 def test_node_names_follow_the_source_and_stay_unique_and_valid(tmp_path: Path) -> None:
-    fcn = tiny()
+    fcn = tiny_fcn()
     sources = ["features.0", "features_0", "0", "pool1", "a_relu", "a", "", *"bcdefghij"]
     layers = [replace(layer, source_name=s) for layer, s in zip(fcn.layers, sources, strict=True)]
     fcn = replace(fcn, trunk=tuple(layers[:13]), head=tuple(layers[13:]))
@@ -145,7 +138,7 @@ def test_node_names_follow_the_source_and_stay_unique_and_valid(tmp_path: Path) 
 def test_detection_knows_our_files_and_nothing_else(
     sources: dict[str, Path], tmp_path: Path
 ) -> None:
-    ours = write(tmp_path / "m.onnx", tiny())
+    ours = write(tmp_path / "m.onnx", tiny_fcn())
     assert detect.is_onnx(detect.probe(str(ours)))
     other = tmp_path / "other.onnx"
     onnx.save(_foreign_model(), str(other))
@@ -189,11 +182,11 @@ def test_writes_are_reproducible_and_read_back_exactly(
 
 
 def test_metadata_is_asked_for_after_the_weights(tmp_path: Path) -> None:
-    fcn, done = tiny(), []
+    fcn, done = tiny_fcn(), []
 
     def late() -> dict[str, str]:
         done.append(sum(written))
-        return meta(fcn)
+        return fcn_metadata(fcn)
 
     written: list[int] = []
     with open(tmp_path / "m.onnx", "wb") as f:
@@ -202,7 +195,7 @@ def test_metadata_is_asked_for_after_the_weights(tmp_path: Path) -> None:
 
 
 def test_nan_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
-    fcn = tiny()
+    fcn = tiny_fcn()
     kernel = fcn.head[1].kernel.read().copy()
     kernel[0, 0, 3, 5] = np.nan
     fc7 = replace(fcn.head[1], kernel=Tensor.wrap(kernel, "<nan>:fc7.kernel"))
@@ -219,7 +212,7 @@ def test_nan_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write(tmp_path_factory.mktemp("onnx") / "good.onnx", tiny())
+    return write(tmp_path_factory.mktemp("onnx") / "good.onnx", tiny_fcn())
 
 
 @pytest.mark.parametrize("cut", [1, 5, 12, 40, 1000, "half", -30, -1])
