@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from vggfcn.convert import to_fcn
 from vggfcn.fcn import FCN
 from vggfcn.formats import fcn_file
 from vggfcn.synthetic import TINY, random_classifier
+from vggfcn.tensor import Tensor
 
 
 def run(*args: object) -> Result:
@@ -127,6 +129,15 @@ def mkdir(path: Path) -> Path:
 def tiny_fcn() -> FCN:
     """A tiny random VGG16 classifier compiled to an FCN: what the output writers' tests write."""
     return to_fcn(random_classifier(TINY))
+
+
+def tiny_fcn_with_nan() -> FCN:
+    """`tiny_fcn()` with one NaN in fc7's kernel (HWIO [0, 0, 3, 5]), named `<nan>:fc7.kernel`."""
+    fcn = tiny_fcn()
+    kernel = fcn.head[1].kernel.read().copy()
+    kernel[0, 0, 3, 5] = np.nan
+    fc7 = replace(fcn.head[1], kernel=Tensor.wrap(kernel, "<nan>:fc7.kernel"))
+    return replace(fcn, head=(fcn.head[0], fc7, fcn.head[2]))
 
 
 def fcn_metadata(fcn: FCN) -> dict[str, str]:

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers import fcn_metadata, tiny_fcn
+from tests.helpers import fcn_metadata, tiny_fcn, tiny_fcn_with_nan
 from vggfcn.arch import Arch
 from vggfcn.convert import to_fcn
 from vggfcn.errors import FormatError, OutputError
@@ -238,11 +238,7 @@ def test_rewrites_are_byte_identical_and_our_reader_reads_them(
 
 
 def test_nan_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
-    fcn = tiny_fcn()
-    kernel = fcn.head[1].kernel.read().copy()
-    kernel[0, 0, 3, 5] = np.nan
-    fc7 = replace(fcn.head[1], kernel=Tensor.wrap(kernel, "<nan>:fc7.kernel"))
-    fcn = replace(fcn, head=(fcn.head[0], fc7, fcn.head[2]))
+    fcn = tiny_fcn_with_nan()
     with pytest.raises(FormatError, match=r"^<nan>:fc7\.kernel: 1 NaN/Inf"):
         write(tmp_path / "m.keras", fcn)
     model = keras.saving.load_model(write(tmp_path / "m.keras", fcn, allow_nonfinite=True))

@@ -21,7 +21,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import vggfcn
-from tests.helpers import fcn_metadata, tiny_fcn
+from tests.helpers import fcn_metadata, tiny_fcn, tiny_fcn_with_nan
 from vggfcn.arch import Arch
 from vggfcn.convert import to_fcn
 from vggfcn.errors import FormatError, VggfcnError
@@ -195,11 +195,7 @@ def test_metadata_is_asked_for_after_the_weights(tmp_path: Path) -> None:
 
 
 def test_nan_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
-    fcn = tiny_fcn()
-    kernel = fcn.head[1].kernel.read().copy()
-    kernel[0, 0, 3, 5] = np.nan
-    fc7 = replace(fcn.head[1], kernel=Tensor.wrap(kernel, "<nan>:fc7.kernel"))
-    fcn = replace(fcn, head=(fcn.head[0], fc7, fcn.head[2]))
+    fcn = tiny_fcn_with_nan()
     with pytest.raises(FormatError, match=r"^<nan>:fc7\.kernel: 1 NaN/Inf"):
         write(tmp_path / "m.onnx", fcn)
     path = write(tmp_path / "m.onnx", fcn, allow_nonfinite=True)
