@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +13,11 @@ import pytest
 import safetensors.numpy
 from safetensors import safe_open
 
+import vggfcn.api
 from fixtures.generate import GENERATIONS, TINY
-from vggfcn.api import convert_file
+from vggfcn.api import convert_file, sha256_file
 from vggfcn.convert import to_fcn
-from vggfcn.errors import ArchitectureError, OutputError
+from vggfcn.errors import ArchitectureError, FormatError, OutputError
 from vggfcn.formats.fcn_file import named_tensors
 from vggfcn.formats.safetensors_io import write
 from vggfcn.graph import Conv, Dense
@@ -112,9 +115,9 @@ def test_writer_bytes_equal_save_file(tmp_path: Path) -> None:
 
 def test_large_tensor_streams_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiny blocks force many partial writes; the file must still be exact."""
-    import vggfcn.formats.safetensors_io as io
+    import vggfcn.formats.blocks
 
-    monkeypatch.setattr(io, "BLOCK_BYTES", 100)
+    monkeypatch.setattr(vggfcn.formats.blocks, "BLOCK_BYTES", 100)
     tensors = fcn_tensors()
     path = tmp_path / "small-blocks"
     with open(path, "wb") as f:
@@ -186,3 +189,32 @@ def test_failure_while_writing_leaves_nothing(
     with pytest.raises(OutputError, match="No space left on device"):
         convert_file(str(keras1), str(tmp_path / "o.safetensors"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_source_hash_stops_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"\1" * (3 << 20))
+    assert sha256_file(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(CancelledError):
+        sha256_file(str(path), stop)
+
+
+def test_a_failed_conversion_stops_the_source_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hash starts before the source is opened; a source that is refused must not wait
+    for it to read the whole file."""
+    stopped: list[bool] = []
+
+    def hashing(path: str, stop: threading.Event) -> str:
+        stopped.append(stop.wait(timeout=30))
+        raise CancelledError
+
+    monkeypatch.setattr(vggfcn.api, "sha256_file", hashing)
+    source = tmp_path / "notes.txt"
+    source.write_text("not a checkpoint\n")
+    with pytest.raises(FormatError):
+        convert_file(str(source), str(tmp_path / "out.safetensors"))
+    assert stopped == [True]

@@ -55,7 +55,9 @@ def convert_args(source: Path, out: Path, *options: str) -> list[object]:
 class DiskFull:
     """A file that takes `room` bytes (writing what fits of the last call) and then raises
     ENOSPC, as a full disk does, or (`rewrite_fails`) fails only when the header is rewritten
-    at offset 0 once the data is in; every other attribute is the real file's."""
+    at offset 0 once the data is in; every other attribute is the real file's. Positioned
+    writes to it (`os.pwritev`, as writers put tensors' pieces in place) run out at `room` too.
+    """
 
     def __init__(self, f: BinaryIO, room: int, rewrite_fails: bool = False) -> None:
         self._f, self._room, self._rewrite_fails = f, room, rewrite_fails
@@ -71,8 +73,21 @@ class DiskFull:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return fits
 
+    def pwritev(self, fd: int, buffers: list[Any], position: int) -> int:
+        view = memoryview(b"".join(buffers))
+        if fd != self._f.fileno():
+            return _REAL_PWRITEV(fd, [view], position)
+        fits = max(0, min(len(view), self._room - position))
+        _REAL_PWRITEV(fd, [view[:fits]], position)
+        if fits < len(view):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fits
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
+
+
+_REAL_PWRITEV = os.pwritev
 
 
 def _fill_disk(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
@@ -82,7 +97,9 @@ def _fill_disk(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     def write(f: BinaryIO, tensors: Any, *args: Any, **kwargs: Any) -> None:
         data = sum(t.size * 4 for t in tensors.values())
         room = {"nothing": 0, "length prefix": 5, "midway": data // 2}.get(where, 1 << 62)
-        real(DiskFull(f, room, where == "header rewrite"), tensors, *args, **kwargs)  # type: ignore[arg-type]
+        full = DiskFull(f, room, where == "header rewrite")
+        monkeypatch.setattr(os, "pwritev", full.pwritev)
+        real(full, tensors, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(safetensors_io, "write", write)
 

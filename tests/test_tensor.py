@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from vggfcn.tensor import Tensor
-from vggfcn.transpose import transpose_into
 
 
 def _tensor(shape: tuple[int, ...]) -> tuple[np.ndarray, Tensor]:
@@ -41,12 +40,3 @@ def test_permutation_after_an_incompatible_reshape_is_materialised_correctly() -
     data, t = _tensor((4, 6))
     p = t.permute((4, 6), (1, 0)).reshape((3, 8)).permute((3, 8), (1, 0))
     np.testing.assert_array_equal(p.read(), data.T.reshape(3, 8).T)
-
-
-def test_blocked_transpose_equals_numpy() -> None:
-    rng = np.random.default_rng(0)
-    for shape, axes in [((300, 70, 7, 7), (2, 3, 1, 0)), ((513, 130), (1, 0)), ((5,), (0,))]:
-        src = rng.standard_normal(shape).astype(np.float32)
-        out = np.empty(tuple(shape[a] for a in axes), np.float32)
-        transpose_into(src, axes, out)
-        np.testing.assert_array_equal(out, src.transpose(axes))

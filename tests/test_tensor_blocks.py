@@ -1,4 +1,4 @@
-"""Tensor.blocks: permuted tensors stream in output order, exactly, in bounded memory."""
+"""Tensor.blocks and Tensor.pieces: permuted tensors stream exactly, in bounded memory."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
+from vggfcn import bands
 from vggfcn.errors import FormatError
 from vggfcn.formats.region import FileRegion
 from vggfcn.tensor import Tensor
@@ -92,6 +93,22 @@ def test_blocks_are_the_permuted_tensors_bytes(name: str, max_bytes: int) -> Non
     tensor = Tensor.wrap(data, name).permute(view, axes)
     np.testing.assert_array_equal(_stream(tensor, max_bytes), _expected(data, view, axes))
     np.testing.assert_array_equal(tensor.read().reshape(-1), _expected(data, view, axes))
+
+
+@pytest.mark.parametrize("max_bytes", [4, 200, 5000])
+@pytest.mark.parametrize("name", ORDERS)
+def test_pieces_put_in_place_are_the_permuted_tensors_bytes(
+    name: str, max_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bands, "_MIN_RUN", 0)  # let the outer-axes swaps move in bands
+    shape, view, axes = ORDERS[name]
+    data = _data(shape)
+    out = np.full(data.size, np.nan, np.float32)
+    for offsets, rows in Tensor.wrap(data, name).permute(view, axes).pieces(max_bytes):
+        for offset, row in zip(offsets.tolist(), rows.reshape(len(rows), -1), strict=True):
+            assert np.isnan(out[offset : offset + row.size]).all()  # each element once
+            out[offset : offset + row.size] = row
+    np.testing.assert_array_equal(out, _expected(data, view, axes))
 
 
 @pytest.mark.parametrize("name", ORDERS)

@@ -10,8 +10,9 @@ import hashlib
 import importlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -128,11 +129,8 @@ def convert_file(
             ".safetensors outputs"
         )
     check_output(output, [source], force=force)
-    with load(source, input_size=input_size) as network, ThreadPoolExecutor(1) as pool:
+    with _source_digest(source) as digest, load(source, input_size=input_size) as network:
         graph = _classifier(network)
-        # Hash the source on the second core while the first streams the conversion; the
-        # digest's fixed length lets the header be written first and patched at the end.
-        digest = pool.submit(sha256_file, source)
         fcn = to_fcn(graph, channel_order=channel_order)  # type: ignore[arg-type]
         if head != "classifier":
             fcn = reduce_head(fcn, keep_fc8=head == "reduced-fc8")
@@ -413,12 +411,37 @@ def inspect_file(path: str, *, input_size: Size | None = None) -> dict[str, obje
         return describe(network)
 
 
-def sha256_file(path: str) -> str:
-    """Hex SHA-256 of a file, read into one reused 1 MiB buffer (no per-block allocation)."""
+def sha256_file(path: str, stop: threading.Event | None = None) -> str:
+    """Hex SHA-256 of a file, read into one reused 1 MiB buffer (no per-block allocation).
+
+    Raises:
+        CancelledError: `stop` was set (checked once per MiB).
+    """
     digest = hashlib.sha256()
     buffer = bytearray(1 << 20)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buffer):
+            if stop is not None and stop.is_set():
+                raise CancelledError
             digest.update(view[:n])
     return digest.hexdigest()
+
+
+@contextmanager
+def _source_digest(path: str) -> Iterator[Future[str]]:
+    """The SHA-256 of `path`, computed on the second core from the start of a conversion.
+
+    SHA-256 of VGG16 (0.4 s) takes as long as the rest of a conversion, so it starts before the
+    source is even opened (a Keras file's preflight alone is 0.06 s); its fixed length lets the
+    header be written first and patched at the end. If the conversion fails, the hash stops at
+    its next MiB instead of holding the error back until the whole file is read.
+    """
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="vggfcn-hash") as pool:
+        future = pool.submit(sha256_file, path, stop)
+        try:
+            yield future
+        except BaseException:
+            stop.set()
+            raise

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .bands import Bands
 from .errors import ArchitectureError, FormatError, first_line
-from .transpose import permuted_shape, transpose_into
+from .transpose import merge_axes, permuted_shape, transpose_into
 
 #: What a reader may hand us: float data of any width or byte order; read as float32.
 _FLOAT_SIZES = {2, 4, 8}
@@ -88,7 +89,7 @@ class Tensor:
         data = np.asarray(self.fetch(()))
         if self.order is None:
             return np.ascontiguousarray(data, dtype=F32).reshape(self.shape)
-        view, axes = self.order
+        view, axes = merge_axes(*self.order)
         out = np.empty(permuted_shape(view, axes), dtype=F32)
         transpose_into(data.reshape(view), axes, out)
         return out.reshape(self.shape)
@@ -121,6 +122,25 @@ class Tensor:
         step = max(1, max_bytes // F32.itemsize)
         for start in range(0, flat.size, step):
             yield flat[start : start + step]
+
+    def pieces(self, max_bytes: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(offsets, rows): the tensor's C-order elements in pieces, in whatever order moves
+        them fastest; `rows[n]` holds the elements from `offsets[n]` on (float32, read in C
+        order; not necessarily contiguous).
+
+        For writers that can seek. An order that swaps the outer axes of its merged view (fc6
+        between OIHW and HWIO) moves in `bands`, each byte read once; anything else comes as
+        `blocks`, one row each, in order. `rows` may be reused for the next piece: use it
+        before asking for the next.
+        """
+        bands = Bands.plan(self, max_bytes) if self.size * F32.itemsize > max_bytes else None
+        if bands is not None:
+            yield from bands.pieces()
+            return
+        offset = 0
+        for block in self.blocks(max_bytes):
+            yield np.array([offset], dtype=np.int64), block.reshape(1, -1)
+            offset += block.size
 
     def fetch(self, key: Any) -> np.ndarray:
         """`source[key]` as stored (its own dtype, no `order` applied), turning a corrupt
@@ -180,15 +200,13 @@ _WORK_BLOCKS = 4
 #: Elements (64 bytes, a cache line) a slab must span of the output's innermost axis for a
 #: chunk to be gathered straight into output order.
 _RUN = 16
-#: Table rows per tile of a chunk's final 2-D transpose.
-_TABLE_TILE_ROWS = 512
 
 
 @dataclass(frozen=True)
 class _Stream:
     """A permuted tensor in output order, block by block, reading its source a slab at a time.
 
-    With the order's unit axes dropped and axes that stay neighbours merged (`_merge`), the
+    With the order's unit axes dropped and axes that stay neighbours merged (`merge_axes`), the
     output's first axis is view axis `j = axes[0]` and each block is a range of it ("output
     rows"). The source is read in slabs: runs of contiguous elements, a range of view axis
     `depth` (0 unless one index of axis 0 is too large to read at once) under fixed indices of
@@ -225,7 +243,7 @@ class _Stream:
     ) -> _Stream | None:
         """How to stream `tensor` (ordered as `view`, `axes`), or None when it cannot be
         bounded by `max_bytes`."""
-        view, axes = _merge(view, axes)
+        view, axes = merge_axes(view, axes)
         rows = int(tensor.source.shape[0]) if len(tensor.source.shape) else 0
         j = axes[0]
         row = tensor.size // view[j] * F32.itemsize  # bytes
@@ -278,7 +296,7 @@ class _Stream:
             columns = table.reshape(-1, b - a)
             for o in range(0, b - a, self.block_rows):
                 block = np.empty((min(self.block_rows, b - a - o), columns.shape[0]), F32)
-                _transpose_table(columns[:, o : o + self.block_rows], block)
+                transpose_into(columns[:, o : o + self.block_rows], (1, 0), block)
                 yield block
 
     def _gather(self, a: int, b: int, out: np.ndarray) -> None:
@@ -319,33 +337,6 @@ class _Stream:
 
 def _prod(shape: Sequence[int]) -> int:
     return int(np.prod(shape, dtype=np.int64))
-
-
-def _merge(view: tuple[int, ...], axes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The same permutation with view axes that stay neighbours (i, i + 1 in `axes`) merged.
-
-    HWIO -> OIHW, (7, 7, 512, 4096) by (3, 2, 0, 1), is (49, 512, 4096) by (2, 1, 0): fewer,
-    longer axes, so slabs and tiles follow the data's real structure.
-    """
-    groups: list[list[int]] = []  # runs of view axes, in output order
-    for axis in axes:
-        if groups and groups[-1][-1] + 1 == axis:
-            groups[-1].append(axis)
-        else:
-            groups.append([axis])
-    ordered = sorted(groups)
-    merged = tuple(int(np.prod([view[a] for a in group], dtype=np.int64)) for group in ordered)
-    return merged, tuple(ordered.index(group) for group in groups)
-
-
-def _transpose_table(table: np.ndarray, out: np.ndarray) -> None:
-    """out[...] = table.T, a few hundred KB of whole table rows at a time.
-
-    A (25088, c) table transposes twice as fast in tiles of 512 rows as in `transpose_into`'s
-    64 (measured on fc6).
-    """
-    for m in range(0, table.shape[0], _TABLE_TILE_ROWS):
-        out[:, m : m + _TABLE_TILE_ROWS] = table[m : m + _TABLE_TILE_ROWS].T
 
 
 def _ahead(blocks: Generator[np.ndarray, None, None]) -> Iterator[np.ndarray]:

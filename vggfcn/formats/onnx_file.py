@@ -6,7 +6,8 @@ The protobuf wire format is simple enough to own: a message is a sequence of fie
 varint key `field << 3 | wire type` then a varint (type 0), or a varint length and that many
 bytes (type 2: strings, bytes, sub-messages); types 1 and 5 are 8 and 4 fixed bytes.
 Every length is known from the shapes before a weight is read, so the file is written front to
-back, each initializer's `raw_data` streamed block by block, and nothing is patched afterwards.
+back, each initializer's `raw_data` streamed piece by piece into its place (`write_tensor`), and
+nothing is patched afterwards.
 
 Field numbers, from onnx/onnx.proto (proto2; the few we write, in field-number order, which is
 also the order `SerializeToString` uses, so our bytes equal a re-serialisation by `onnx`):
@@ -43,15 +44,13 @@ from itertools import accumulate
 from math import prod
 from typing import BinaryIO
 
-import numpy as np
-
 from .. import __version__
 from ..arch import PLANS, conv_names
 from ..errors import ArchitectureError, FormatError
 from ..fcn import FCN, ConvLayer, head_name
 from ..tensor import F32, Tensor
 from . import fcn_file
-from .blocks import checked_blocks
+from .blocks import write_tensor
 from .protobuf import LEN, VARINT, Message, Wire
 from .region import FileRegion
 
@@ -135,9 +134,7 @@ def write(
     f.write(_key(7, LEN) + _varint(len(start) + weights + len(ends)) + start)
     for head, tensor in initializers:
         f.write(head)
-        for block in checked_blocks(tensor, allow_nonfinite):
-            f.write(np.ascontiguousarray(block, dtype=F32).data)
-            progress(block.nbytes)
+        write_tensor(f, tensor, allow_nonfinite, progress)
     f.write(ends + _bytes(8, _bytes(1, b"") + _int(2, OPSET)))
     for key, value in sorted({**metadata(), **STORAGE}.items()):
         f.write(_bytes(14, _bytes(1, key.encode()) + _bytes(2, value.encode())))

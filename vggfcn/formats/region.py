@@ -74,6 +74,26 @@ class FileRegion:
             data = self._map(position, length)
         return data.view(self.dtype).reshape(shape)
 
+    def read_runs(self, starts: np.ndarray, out: np.ndarray) -> None:
+        """Fill row n of `out` (uint8, C order) with the bytes from `starts[n]` (counted from
+        the region's start): a strided gather, one `pread` per row, into aligned memory.
+
+        For `bands`, which needs a tenth of every fc6 row per band: mapping the whole tensor
+        once per band cost twice what copying just those runs does (measured on Caffe's fc6).
+        """
+        length = out.shape[1] if out.ndim == 2 else 0
+        if len(starts) and (int(starts.min()) < 0 or int(starts.max()) + length > self.nbytes):
+            raise ValueError(
+                f"runs of {length} bytes at {starts.min()}..{starts.max()} leave the region"
+            )
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                for start, row in zip(starts.tolist(), out, strict=True):
+                    if os.preadv(f.fileno(), [row], self.offset + start) != length:
+                        raise OSError("unexpected end of file")
+        except OSError as e:  # the file shrank or vanished since it was opened
+            raise FormatError(f"{self.path}: cannot read data ({e})") from None
+
     def _map(self, position: int, length: int) -> np.ndarray:
         """`length` bytes at `position`, as read-only uint8 viewing a private map.
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from ..errors import FormatError
-from ..precision import DTYPES, BFloat16Source, encode
+from ..precision import DTYPES, BFloat16Source
 from ..tensor import Tensor
-from .blocks import BLOCK_BYTES, checked_blocks
+from .blocks import write_tensor
 from .detect import SAFETENSORS_MAX_HEADER
 from .region import FileRegion
 
@@ -92,7 +92,8 @@ def write(
     """Stream `tensors` into `f` as `dtype`, one bounded block at a time.
 
     Args:
-        f: a seekable binary file open for writing, positioned at 0.
+        f: a binary file on disk open for writing, positioned at 0 (pieces of a tensor are
+            written where they belong, `write_tensor`).
         tensors: output name -> lazy tensor; written in name order.
         metadata: flat str -> str map stored as `__metadata__` (sorted, so output is reproducible).
         progress: called with the number of data bytes after each block.
@@ -109,9 +110,7 @@ def write(
     header = header_bytes(shapes, metadata, dtype)
     f.write(header)
     for name in sorted(tensors):
-        for block in checked_blocks(tensors[name], allow_nonfinite, BLOCK_BYTES):
-            f.write(encode(block, dtype, tensors[name].where).data)
-            progress(block.nbytes)
+        write_tensor(f, tensors[name], allow_nonfinite, progress, dtype)
     if final_metadata is not None:
         final = header_bytes(shapes, final_metadata(), dtype)
         if len(final) != len(header):
