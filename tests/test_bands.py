@@ -81,6 +81,8 @@ def test_orders_and_sources_that_bands_leave_to_blocks(monkeypatch: pytest.Monke
     assert Bands.plan(Tensor.wrap(data, "fc6").permute((24, 90), (1, 0)), MAX_BYTES) is None
     assert Bands.plan(Tensor.wrap(data.astype("<f2"), "fc6").permute(OIHW, HWIO), MAX_BYTES) is None
     assert Bands.plan(Tensor.wrap(data, "fc6"), MAX_BYTES) is None  # nothing to move
+    strided = np.zeros((24, 180), "<f4")[:, ::2]
+    assert Bands.plan(Tensor.wrap(strided, "fc6").permute(OIHW, HWIO), MAX_BYTES) is None
     monkeypatch.setattr(bands, "_MIN_RUN", 4 * 24 * 4 + 1)  # output rows of a band: 4 * 24
     assert Bands.plan(oihw, MAX_BYTES) is None
     out, banded = _assemble(oihw, MAX_BYTES)  # in order, as blocks

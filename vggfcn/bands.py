@@ -106,6 +106,7 @@ class Bands:
 
 
 def _runs_readable(source: Any) -> bool:
-    """Whether `Bands` can read `source` by runs: float32, in memory or in a file region."""
-    readable = isinstance(source, np.ndarray) or hasattr(source, "read_runs")
-    return readable and np.dtype(source.dtype) == F32
+    """Whether `Bands` can read `source` by runs: float32, contiguous in memory or in a file
+    region."""
+    in_memory = isinstance(source, np.ndarray) and source.flags.c_contiguous
+    return (in_memory or hasattr(source, "read_runs")) and np.dtype(source.dtype) == F32

@@ -64,9 +64,9 @@ def write_tensor(
     f.flush()  # what the buffer holds goes before the positioned writes
     fd = f.fileno()
     for offsets, rows in _checked(tensor, tensor.pieces(BLOCK_BYTES), allow_nonfinite):
-        stored = encode(rows, dtype, tensor.where)
-        for offset, row in zip(offsets.tolist(), stored, strict=True):
-            _pwrite(fd, row, start + offset * itemsize)
+        for offset, row in zip(offsets.tolist(), rows, strict=True):
+            # encoded row by row: a float16 copy of a whole band would cost 24 MiB more
+            _pwrite(fd, encode(row, dtype, tensor.where), start + offset * itemsize)
         progress(rows.nbytes)
     f.seek(start + tensor.size * itemsize)
 
