@@ -3,6 +3,7 @@ where it belongs, every source byte read once, in bounded memory."""
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -124,6 +125,22 @@ def test_write_tensor_puts_each_piece_in_place(tmp_path: Path) -> None:
     with open(path, "wb") as f:
         write_tensor(f, tensor, dtype="float16")
     assert path.read_bytes() == expected.astype("<f2").tobytes()
+
+
+def test_short_writes_are_carried_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OS may write less than asked (a signal, a pipe-like file): the rest follows."""
+    data = _data((24, 90))
+    tensor = Tensor.wrap(_region(tmp_path, data, 0), "fc6").permute(OIHW, HWIO)
+    real = os.pwritev
+
+    def stingy(fd: int, buffers: list[memoryview], position: int) -> int:
+        return real(fd, [bytes(buffers[0][:7])], position)  # 7 bytes of the first buffer
+
+    monkeypatch.setattr(os, "pwritev", stingy)
+    path = tmp_path / "out.bin"
+    with open(path, "wb") as f:
+        write_tensor(f, tensor)
+    assert path.read_bytes() == data.reshape(OIHW).transpose(HWIO).tobytes()
 
 
 def test_nonfinite_values_are_counted_across_bands(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def transpose(a: np.ndarray, out: np.ndarray) -> bool:
 
 
 def available() -> bool:
-    """Whether OpenBLAS's transpose is in use (for `vggfcn selfcheck` and the benchmarks)."""
+    """Whether OpenBLAS's transpose is in use (`make bench` says which transposes it measured)."""
     return _kernel() is not None
 
 

@@ -49,7 +49,7 @@ def write_tensor(
     progress: Callable[[int], object] = lambda _n: None,
     dtype: str = "float32",
 ) -> None:
-    """Write `tensor` as `dtype` at `f`'s position, each piece where it belongs (`os.pwrite`),
+    """Write `tensor` as `dtype` at `f`'s position, each piece where it belongs (`os.pwritev`),
     and leave `f` just after it.
 
     Args:
@@ -66,7 +66,7 @@ def write_tensor(
     for offsets, rows in _checked(tensor, tensor.pieces(BLOCK_BYTES), allow_nonfinite):
         for offset, row in zip(offsets.tolist(), rows, strict=True):
             # encoded row by row: a float16 copy of a whole band would cost 24 MiB more
-            _pwrite(fd, encode(row, dtype, tensor.where), start + offset * itemsize)
+            _write_at(fd, encode(row, dtype, tensor.where), start + offset * itemsize)
         progress(rows.nbytes)
     f.seek(start + tensor.size * itemsize)
 
@@ -86,7 +86,7 @@ def _checked(
         )
 
 
-def _pwrite(fd: int, row: np.ndarray, position: int) -> None:
+def _write_at(fd: int, row: np.ndarray, position: int) -> None:
     """All of `row`'s elements, in C order, at `position`: its contiguous runs (one, or a band's
     runs of one output row) in one `pwritev`; a short write is carried on, not lost."""
     runs = [row] if row.flags.c_contiguous else list(row.reshape(-1, row.shape[-1]))
