@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -143,3 +146,34 @@ def tiny_fcn_with_nan() -> FCN:
 def fcn_metadata(fcn: FCN) -> dict[str, str]:
     """The metadata `convert` would store for `fcn`, with a placeholder source digest."""
     return fcn_file.metadata(fcn, "src.h5", "0" * 64)
+
+
+def assert_reader_refuses(
+    opener: Callable[[str], AbstractContextManager[Any]],
+    path: Path,
+    *patterns: str,
+    error: type[Exception] = Exception,
+) -> str:
+    """A reader's contract: opening `path` raises `error` as one line that names the file and
+    matches each of `patterns`; the line, for further checks."""
+    try:
+        with opener(str(path)):
+            pass
+    except error as e:
+        text = str(e)
+    else:
+        raise AssertionError(f"{path}: opened, expected {error.__name__}")
+    assert "\n" not in text and text.startswith(f"{path}: "), text
+    for pattern in patterns:
+        assert re.search(pattern, text), (pattern, text)
+    return text
+
+
+def frameworks_imported(module: str, frameworks: set[str]) -> list[str]:
+    """Which of `frameworks` (top-level packages) a fresh interpreter has loaded after importing
+    `module`: what a run-time dependency leaking in would show."""
+    code = (
+        f"import sys, {module}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return sorted(set(done.stdout.split()) & frameworks)

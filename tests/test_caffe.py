@@ -7,7 +7,6 @@ protobuf (fixtures/caffe.py) is only the writer and torch only the referee for C
 
 from __future__ import annotations
 
-import re
 import struct
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from google.protobuf.message import Message
 from torch.nn import functional as F  # noqa: N812
 
 from fixtures.caffe import LAYER_TYPE, CaffeLayer, caffe_net, write_caffemodel
+from tests.helpers import assert_reader_refuses
 from vggfcn import formats, forward, referee
 from vggfcn.arch import PLANS
 from vggfcn.cli import main
@@ -77,13 +77,7 @@ def _images(side: int) -> np.ndarray:
 
 def _refused(path: Path, *patterns: str) -> None:
     """The reader's contract: one FormatError line that names the file and the problem."""
-    with pytest.raises(FormatError) as info:
-        with caffe.open(str(path)):
-            pass
-    text = str(info.value)
-    assert "\n" not in text and text.startswith(f"{path}: "), text
-    for pattern in patterns:
-        assert re.search(pattern, text), (pattern, text)
+    assert_reader_refuses(caffe.open, path, *patterns, error=FormatError)
 
 
 # ---------------------------------------------------------------------------- good files
