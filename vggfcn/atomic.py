@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import BinaryIO
 
 from .errors import OutputError
+from .writeback import early_writeback
 
 TEMP_SUFFIX = ".vggfcn-tmp"
 
@@ -63,7 +64,8 @@ def atomic_write(
         raise OutputError(f"{path}: cannot create a file in {directory} ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            with early_writeback(f.fileno()):  # the disk writes while we convert
+                yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(temp, 0o666 & ~_umask())
