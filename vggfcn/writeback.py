@@ -3,7 +3,7 @@
 `atomic_write` fsyncs before it publishes. Left alone, Linux starts writing a new file's dirty
 pages only when they are 30 s old or a tenth of RAM is dirty, so a 553 MB output waits in the
 page cache until that fsync, and the fsync then waits for all of it: 0.16 s here, with the CPU
-idle. Asking the kernel every few milliseconds to start writing whatever is dirty
+idle. Asking the kernel every `INTERVAL` (20 ms) to start writing whatever is dirty
 (`sync_file_range(SYNC_FILE_RANGE_WRITE)` queues the I/O and returns) keeps the disk busy beside
 the conversion, so the fsync finds little left. The asking runs on its own thread: the call
 can block while the device's queue is full, and a writer must not.
