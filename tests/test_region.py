@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vggfcn.errors import FormatError
-from vggfcn.formats.region import FileRegion
+from vggfcn.formats.region import FOLIO, FileRegion
 
 
 def _file_with(tmp_path: Path, data: np.ndarray, offset: int) -> Path:
@@ -76,3 +76,33 @@ def test_unaligned_data_is_read_not_mapped_and_stays_read_only(tmp_path: Path) -
     path.write_bytes(b"\0" * 100)  # shrunk after the region was found
     with pytest.raises(FormatError, match="blob.bin: cannot read"):
         region[()]
+
+
+def _map_of(array: np.ndarray) -> tuple[int, int]:
+    """(offset of `array` in the map behind it, that map's length)."""
+    base = array.base
+    while isinstance(base, np.ndarray):  # views of views: down to the map itself
+        base = base.base
+    behind = np.frombuffer(base, np.uint8)
+    return array.ctypes.data - behind.ctypes.data, behind.size
+
+
+def test_long_reads_map_whole_folios_and_short_ones_only_their_pages(tmp_path: Path) -> None:
+    """A read of 2 MiB or more is mapped from the 2 MiB boundary before it to the one after (or
+    the file's end), so cached folios map whole; a short one maps only the pages it needs."""
+    offset = FOLIO + 12_345 * 4
+    data = np.arange(3 * (FOLIO // 4), dtype="<f4").reshape(3, -1)  # 3 rows of 2 MiB
+    path = _file_with(tmp_path, data, offset)
+    region = FileRegion(str(path), offset, data.shape, np.dtype("<f4"))
+    rows = region[1:2]
+    np.testing.assert_array_equal(rows, data[1:2])
+    at, length = _map_of(rows)
+    start = offset + FOLIO  # row 1's file offset
+    assert at == start % FOLIO and (start - at + length) % FOLIO == 0
+    last = region[2:3]  # ends 7 bytes before the file does: the map stops at the file's end
+    np.testing.assert_array_equal(last, data[2:3])
+    at, length = _map_of(last)
+    assert offset + 2 * FOLIO - at + length == path.stat().st_size
+    small = FileRegion(str(path), offset, (16, 4), np.dtype("<f4"))[0:2]
+    at, length = _map_of(small)
+    assert at == offset % mmap.ALLOCATIONGRANULARITY and length == at + 32

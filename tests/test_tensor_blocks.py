@@ -222,3 +222,16 @@ def test_a_read_error_while_streaming_names_the_tensor() -> None:
     with pytest.raises(FormatError, match=r"w\.h5:/fc6: cannot read data \(Can't read data"):
         list(tensor.blocks(1200))
     assert not _workers()
+
+
+def test_transposed_blocks_are_whole_cache_lines_of_output_rows() -> None:
+    # HWIO -> OIHW gathers output rows innermost in a table and transposes its columns into
+    # blocks: blocks of a multiple of 16 rows (and passes of whole blocks) make every column
+    # start on a 64-byte line. 1000 rows of 72 elements: 56 rows fit a 16 KiB block, 48 are used.
+    data = _data((3 * 3 * 8, 1000))
+    tensor = Tensor.wrap(data, "k").reshape((3, 3, 8, 1000)).permute((3, 3, 8, 1000), (3, 2, 0, 1))
+    blocks = list(tensor.blocks(64 << 10))
+    rows = [block.shape[0] for block in blocks]
+    assert rows[:-1] == [48] * (len(rows) - 1) and 0 < rows[-1] <= 48
+    flat = np.concatenate([b.reshape(-1) for b in blocks])
+    np.testing.assert_array_equal(flat, _expected(data, (3, 3, 8, 1000), (3, 2, 0, 1)))

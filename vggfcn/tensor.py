@@ -198,7 +198,10 @@ _SLAB_PARTS = 2
 #: streamed in 0.38 s through a 44 MiB table (9 passes), 0.65 s through a 12 MiB one (34).
 _WORK_BLOCKS = 4
 #: Elements (64 bytes, a cache line) a slab must span of the output's innermost axis for a
-#: chunk to be gathered straight into output order.
+#: chunk to be gathered straight into output order. A table gathered the other way, with the
+#: output rows innermost, has rows a multiple of this long and blocks of a multiple of this
+#: many output rows, so each block transposes columns that start on a cache line (fc6 Keras ->
+#: OIHW streamed in 0.22 s, against 0.24 s with 41-row blocks from a 456-row table).
 _RUN = 16
 
 
@@ -266,10 +269,15 @@ class _Stream:
         # An output-order table is cut into blocks anywhere, so its blocks stay small even
         # when its rows do not (an 8 MiB HWIO fc6 row from OIHW): more of it is table.
         block_size = min(block, block_rows * row) // F32.itemsize
+        aligned = not in_order and block_rows >= _RUN  # blocks are table columns: see _RUN
+        if aligned:
+            block_rows -= block_rows % _RUN
         flight = _IN_FLIGHT * (block_size * F32.itemsize if in_order else block_rows * row)
         held = span * _prod(view[depth + 1 :]) * F32.itemsize + flight
         passes = -(-view[j] // max(block_rows, (_WORK_BLOCKS * max_bytes - held) // row))
         chunk_rows = -(-view[j] // passes)  # as even as the passes allow: the least memory
+        if aligned:
+            chunk_rows = -(-chunk_rows // block_rows) * block_rows
         return cls(tensor, view, axes, block_rows, block_size, chunk_rows, depth, span, layout)
 
     def blocks(self) -> Generator[np.ndarray, None, None]:

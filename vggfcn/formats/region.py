@@ -29,6 +29,12 @@ from ..errors import FormatError
 #: Populate the whole map in one call: faulting 4 KiB pages in one by one as they are touched
 #: made streaming a file through a map several times slower than reading it.
 _FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+#: The page cache's largest folio (a PMD, 2 MiB on x86-64 and arm64 with 4 KiB pages): a file
+#: cached by read() is held in folios up to this size, aligned in the file. A map whose ends
+#: are on these boundaries maps each folio with one page-table entry; ragged ends are mapped
+#: 4 KiB at a time (512 entries per end). Measured on fc6 streamed Keras -> OIHW, 459 maps of
+#: 8 MiB: 0.054 s with ends where the rows fall, 0.012 s with ends rounded out to 2 MiB.
+FOLIO = 2 << 20
 
 
 class FileRegion:
@@ -104,16 +110,21 @@ class FileRegion:
         whole-tensor read (`[()]`), which is what a forward pass computes with, is read into an
         aligned array by `_read` instead: unaligned operands would put BLAS on a slow path,
         and one copy beats a map *and* a copy of a 400 MB tensor.
+
+        A read of at least `FOLIO` bytes is mapped from the `FOLIO` boundary before it to the
+        one after it (or the file's end): up to 4 MiB more mapped, the neighbouring weights'
+        pages, which a cached file holds already (see `FOLIO`).
         """
         base = position - position % mmap.ALLOCATIONGRANULARITY
+        end = position + length
         try:
             with open(self.path, "rb") as f:
+                if length >= FOLIO:
+                    size = os.fstat(f.fileno()).st_size
+                    base = position - position % FOLIO
+                    end = max(end, min(-(-end // FOLIO) * FOLIO, size))
                 view = mmap.mmap(
-                    f.fileno(),
-                    position - base + length,
-                    offset=base,
-                    flags=_FLAGS,
-                    prot=mmap.PROT_READ,
+                    f.fileno(), end - base, offset=base, flags=_FLAGS, prot=mmap.PROT_READ
                 )
         except (OSError, ValueError) as e:  # the file shrank or vanished since it was opened
             raise FormatError(
