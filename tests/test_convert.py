@@ -14,9 +14,11 @@ import safetensors.numpy
 from safetensors import safe_open
 
 import vggfcn.api
+import vggfcn.digest
 from fixtures.generate import GENERATIONS, TINY
-from vggfcn.api import convert_file, sha256_file
+from vggfcn.api import convert_file
 from vggfcn.convert import to_fcn
+from vggfcn.digest import sha256_file
 from vggfcn.errors import ArchitectureError, FormatError, OutputError
 from vggfcn.formats.fcn_file import named_tensors
 from vggfcn.formats.safetensors_io import write
@@ -212,7 +214,7 @@ def test_a_failed_conversion_stops_the_source_hash(
         stopped.append(stop.wait(timeout=30))
         raise CancelledError
 
-    monkeypatch.setattr(vggfcn.api, "sha256_file", hashing)
+    monkeypatch.setattr(vggfcn.digest, "sha256_file", hashing)
     source = tmp_path / "notes.txt"
     source.write_text("not a checkpoint\n")
     with pytest.raises(FormatError):

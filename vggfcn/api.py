@@ -6,13 +6,10 @@ returns a plain result; printing and exit codes belong to the CLI.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +18,13 @@ import numpy as np
 
 from . import heatmap, imagenet, images
 from .atomic import atomic_write, check_output
+from .choices import HEADS, LAYOUTS, NAME_SCHEMES, OUTPUTS
 from .convert import to_fcn
+from .digest import source_digest
 from .errors import ArchitectureError, MismatchError, VggfcnError
 from .fcn import FCN
 from .formats import Network, load, safetensors_io
-from .formats.fcn_file import LAYOUTS, NAME_SCHEMES, metadata, named_tensors
+from .formats.fcn_file import metadata, named_tensors
 from .graph import SourceGraph
 from .inspection import describe
 from .precision import DTYPES
@@ -34,12 +33,9 @@ from .reduce import reduce_head
 from .verify import ReducedResult, VerifyResult, verify, verify_reduced
 
 Size = tuple[int, int]
-#: What `convert --head` makes of the classifier's head.
-HEADS = ("classifier", "reduced", "reduced-fc8")
-#: Output formats. ONNX and Keras are written by `formats.<module>.write(f, fcn, metadata,
-#: progress, allow_nonfinite)`, imported when asked for (h5py costs a safetensors user start-up
-#: time); safetensors has options of its own (layout, names, dtype) and is written apart.
-OUTPUTS = ("safetensors", "onnx", "keras")
+#: How ONNX and Keras outputs are written: `formats.<module>.write(f, fcn, metadata, progress,
+#: allow_nonfinite)`, imported when asked for (h5py costs a safetensors user start-up time);
+#: safetensors has options of its own (layout, names, dtype) and is written apart.
 _WRITERS = {"onnx": "onnx_file", "keras": "keras_fcn"}
 
 
@@ -129,7 +125,7 @@ def convert_file(
             ".safetensors outputs"
         )
     check_output(output, [source], force=force)
-    with _source_digest(source) as digest, load(source, input_size=input_size) as network:
+    with source_digest(source) as digest, load(source, input_size=input_size) as network:
         graph = _classifier(network)
         fcn = to_fcn(graph, channel_order=channel_order)  # type: ignore[arg-type]
         if head != "classifier":
@@ -409,39 +405,3 @@ def inspect_file(path: str, *, input_size: Size | None = None) -> dict[str, obje
     """What a file holds: format, architecture, layers as the file defines them, parameters."""
     with load(path, input_size=input_size) as network:
         return describe(network)
-
-
-def sha256_file(path: str, stop: threading.Event | None = None) -> str:
-    """Hex SHA-256 of a file, read into one reused 1 MiB buffer (no per-block allocation).
-
-    Raises:
-        CancelledError: `stop` was set (checked once per MiB).
-    """
-    digest = hashlib.sha256()
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            if stop is not None and stop.is_set():
-                raise CancelledError
-            digest.update(view[:n])
-    return digest.hexdigest()
-
-
-@contextmanager
-def _source_digest(path: str) -> Iterator[Future[str]]:
-    """The SHA-256 of `path`, computed on the second core from the start of a conversion.
-
-    SHA-256 of VGG16 (0.4 s) takes as long as the rest of a conversion, so it starts before the
-    source is even opened (a Keras file's preflight alone is 0.06 s); its fixed length lets the
-    header be written first and patched at the end. If the conversion fails, the hash stops at
-    its next MiB instead of holding the error back until the whole file is read.
-    """
-    stop = threading.Event()
-    with ThreadPoolExecutor(1, thread_name_prefix="vggfcn-hash") as pool:
-        future = pool.submit(sha256_file, path, stop)
-        try:
-            yield future
-        except BaseException:
-            stop.set()
-            raise

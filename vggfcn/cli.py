@@ -2,6 +2,10 @@
 
 stdout carries the result and nothing else (a summary, a report, or one JSON object); progress
 and errors go to stderr. Every error a user can cause is one line and exit code 2.
+
+Only click and a few light modules load with the command line: each command imports what it
+runs (`api`, and NumPy with it) once its arguments are parsed, and `convert` starts hashing
+its source before that (`digest`), so the hash has the second core while the imports run.
 """
 
 from __future__ import annotations
@@ -10,19 +14,17 @@ import json
 import sys
 from dataclasses import asdict
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
 
-from . import __version__, api, selfcheck
+from . import __version__, digest
 from .arch import STRIDE
+from .choices import DTYPES, HEADS, LAYOUTS, NAME_SCHEMES, OUTPUTS, PREPROCESS_MODES
 from .errors import MismatchError, VggfcnError
-from .formats.fcn_file import LAYOUTS, NAME_SCHEMES
-from .images import PREPROCESS_MODES
-from .precision import DTYPES
-from .predict import top_cells
-from .verify import ReducedResult, VerifyResult
+
+if TYPE_CHECKING:
+    from .verify import ReducedResult, VerifyResult
 
 
 class ExitCode(IntEnum):
@@ -39,15 +41,26 @@ def exit_code(error: VggfcnError) -> ExitCode:
     return ExitCode.MISMATCH if isinstance(error, MismatchError) else ExitCode.BAD_INPUT
 
 
+class _Command(click.Command):
+    """A command whose arguments are parsed before NumPy is imported (see the module's doc)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import numpy as np
+
+        # Overflow and NaN are checked explicitly (and reported as one line); NumPy's own
+        # RuntimeWarnings would only add noise to stderr.
+        with np.errstate(all="ignore"):
+            return super().invoke(ctx)
+
+
 class _Group(click.Group):
     """Maps our exceptions to one stderr line and their exit code, for every command."""
 
+    command_class = _Command
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            # Overflow and NaN are checked explicitly (and reported as one line); NumPy's own
-            # RuntimeWarnings would only add noise to stderr.
-            with np.errstate(all="ignore"):
-                return super().invoke(ctx)
+            return super().invoke(ctx)
         except VggfcnError as e:
             click.echo(f"vggfcn: error: {e}", err=True)
             ctx.exit(exit_code(e))
@@ -94,8 +107,14 @@ _input_size = click.option(
 )
 
 
+def _hash_early(_ctx: click.Context, _param: click.Parameter, source: str) -> str:
+    """SOURCE, its hash started now: before the converter's modules import (`digest`)."""
+    digest.start(source)
+    return source
+
+
 @main.command()
-@click.argument("source", type=click.Path(dir_okay=True))
+@click.argument("source", type=click.Path(dir_okay=True), callback=_hash_early)
 @click.argument("output", type=click.Path())
 @click.option(
     "--layout",
@@ -114,7 +133,7 @@ _input_size = click.option(
 )
 @click.option(
     "--dtype",
-    type=click.Choice(tuple(DTYPES)),
+    type=click.Choice(DTYPES),
     default="float32",
     show_default=True,
     help="Output precision (bfloat16: round to nearest even, stored as safetensors BF16).",
@@ -131,12 +150,12 @@ _input_size = click.option(
 )
 @click.option(
     "--to",
-    type=click.Choice(api.OUTPUTS),
+    type=click.Choice(OUTPUTS),
     help="Output format [default: from OUTPUT's extension: .safetensors, .onnx, .keras].",
 )
 @click.option(
     "--head",
-    type=click.Choice(api.HEADS),
+    type=click.Choice(HEADS),
     default="classifier",
     show_default=True,
     help="classifier: the original's head, convolutional. reduced: SSD/DeepLab's decimated "
@@ -185,6 +204,9 @@ def convert(
       vggfcn convert vgg16-397923af.pth vgg16.fcn.safetensors --layout oihw --names torch
       vggfcn convert finetuned.keras finetuned.fcn.onnx
     """
+    from . import api
+    from .verify import VerifyResult
+
     result = api.convert_file(
         source,
         output,
@@ -288,6 +310,9 @@ def verify(
         return
     if converted is None:
         raise click.UsageError("give both ORIGINAL and CONVERTED, or neither for the self-check")
+    from . import api
+    from .verify import VerifyResult
+
     report = api.verify_files(
         original,
         converted,
@@ -360,6 +385,9 @@ def predict(
     Example:
       vggfcn predict vgg16.fcn.safetensors cat.jpg --top 3 --out scores.npy
     """
+    from . import api
+    from .predict import top_cells
+
     result = api.predict_file(
         weights,
         source,
@@ -432,6 +460,8 @@ def heatmap(
     Example:
       vggfcn heatmap vgg16.fcn.safetensors cat.jpg --class tabby --out tabby.png
     """
+    from . import api
+
     result = api.heatmap_file(
         weights,
         image,
@@ -463,6 +493,8 @@ def inspect(file: str, input_size: tuple[int, int] | None, as_json: bool) -> Non
     Example:
       vggfcn inspect vgg16.h5
     """
+    from . import api
+
     info = api.inspect_file(file, input_size=input_size)
     if as_json:
         click.echo(json.dumps(info))
@@ -508,6 +540,8 @@ def _layer_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _selfcheck(quiet: bool, as_json: bool) -> None:
+    from . import selfcheck
+
     checks = selfcheck.run()
     passed = all(c.passed for c in checks)
     if as_json:

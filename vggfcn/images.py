@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .arch import MIN_INPUT
+from .choices import PREPROCESS_MODES
 from .errors import FormatError, VggfcnError
 from .formats.detect import NPY_MAGIC
 
@@ -29,8 +30,6 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
 TORCH_RGB_STD = (0.229, 0.224, 0.225)
 
-#: Accepted `preprocess` modes, in the order error messages list them.
-PREPROCESS_MODES = ("caffe", "torch", "none")
 
 _PILLOW_MISSING = "reading images needs Pillow: pip install 'vggfcn[images]'"
 

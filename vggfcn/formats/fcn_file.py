@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from .. import reduce
 from ..arch import MIN_INPUT, PLANS, conv_names
+from ..choices import LAYOUTS, NAME_SCHEMES
 from ..errors import ArchitectureError, FormatError, VggfcnError
 from ..fcn import FCN, ConvLayer, FCNInfo, head_name
 from ..graph import ChannelOrder, OutputActivation, Preprocessing
@@ -26,13 +27,8 @@ from .names import check_names
 
 FORMAT = "vggfcn-fcn"
 FORMAT_VERSION = "1"
-#: Output layouts: HWIO (Keras, TensorFlow, JAX; the FCN's own) or OIHW (`nn.Conv2d`).
-LAYOUTS = ("hwio", "oihw")
 HWIO_TO_OIHW = (3, 2, 0, 1)
 OIHW_TO_HWIO = (2, 3, 1, 0)
-#: Output name schemes: ours (`block1_conv1.kernel`, `fc6.bias`), or torch's, loadable with
-#: `load_state_dict(strict=True)` into `features` (torchvision's Sequential) plus fc6, fc7...
-NAME_SCHEMES = ("vggfcn", "torch", "ssd")
 _PARTS = {"vggfcn": ("kernel", "bias"), "torch": ("weight", "bias"), "ssd": ("weight", "bias")}
 _TRUNK = {
     "vggfcn": re.compile(r"(block(\d+)_conv(\d+))\.(?:kernel|bias)"),
