@@ -20,8 +20,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from vggfcn.formats.keras_archive import _Range
-from vggfcn.formats.zip_member import data_start
+from vggfcn.formats.hdf5_fileobj import FileWindow
+from vggfcn.formats.zip_io import data_start
 
 CHUNK = 16 << 20
 
@@ -40,7 +40,7 @@ def _open(source: str) -> Any:
             return f.read(n)
 
         start = data_start(source, info, read, size)
-    return h5py.File(io.BufferedReader(_Range(source, start, info.file_size)), "r")
+    return h5py.File(io.BufferedReader(FileWindow(source, start, info.file_size)), "r")
 
 
 def copy_datasets(source: str, output: str) -> int:

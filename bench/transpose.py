@@ -32,13 +32,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from vggfcn.formats.region import FileRegion
+from vggfcn.layouts import permutation
 from vggfcn.tensor import Tensor
 
 from .__main__ import CACHE, PY, fmt
 
 ROWS, COLUMNS = 25088, 4096  # fc6 as stored: (7 * 7 * 512 inputs, 4096 outputs)
 HWIO = (7, 7, 512, COLUMNS)
-HWIO_TO_OIHW = (3, 2, 0, 1)
+HWIO_TO_OIHW = permutation("HWIO", "OIHW")
 BLOCK = 16 << 20  # what writers pass to `Tensor.blocks`
 SOURCE = CACHE / f"fc6_{ROWS}x{COLUMNS}.f32"
 OUTPUT = CACHE / "transpose.out"

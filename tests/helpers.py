@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -23,7 +24,8 @@ from click.testing import CliRunner, Result
 from vggfcn.cli import main
 from vggfcn.convert import to_fcn
 from vggfcn.fcn import FCN
-from vggfcn.formats import fcn_file
+from vggfcn.formats import fcn_metadata as fcn_metadata_module
+from vggfcn.formats.outputs import BY_NAME, Job
 from vggfcn.synthetic import TINY, random_classifier
 from vggfcn.tensor import Tensor
 
@@ -81,11 +83,14 @@ def replace_dataset(f: h5py.File, name: str, data: Any = None, **options: Any) -
     f[group].create_dataset(leaf, data=data, **options)
 
 
-def converts_and_verifies(source: Path, tmp_path: Path, *options: str) -> Path:
+def converts_and_verifies(source: Path, tmp_path: Path, *options: str, notes: int = 0) -> Path:
+    """`source` converts and verifies, saying nothing on stderr but `notes` notes (what a
+    config-less file's conversion assumed)."""
     out = tmp_path / f"{source.name}.fcn.safetensors"
     result = run("convert", *options, source, out)
     assert result.exit_code == 0, result.stderr
-    assert result.stderr == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == notes and all(line.startswith("note: ") for line in lines), lines
     result = run("verify", "--quiet", source, out)
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return out
@@ -143,9 +148,30 @@ def tiny_fcn_with_nan() -> FCN:
     return replace(fcn, head=(fcn.head[0], fc7, fcn.head[2]))
 
 
-def fcn_metadata(fcn: FCN) -> dict[str, str]:
-    """The metadata `convert` would store for `fcn`, with a placeholder source digest."""
-    return fcn_file.metadata(fcn, "src.h5", "0" * 64)
+def fcn_metadata(fcn: FCN, kind: str = "safetensors") -> dict[str, str]:
+    """The metadata `convert` would store for `fcn` as a `kind` output (its default storage),
+    with a placeholder source digest."""
+    storage = BY_NAME[kind].storage("out")
+    return fcn_metadata_module.metadata(fcn, "src.h5", "0" * 64, storage)
+
+
+def write_output(
+    kind: str,
+    path: Path,
+    fcn: FCN,
+    *,
+    final: Callable[[], dict[str, str]] | None = None,
+    progress: Callable[[int], object] = lambda _n: None,
+    allow_nonfinite: bool = False,
+) -> Path:
+    """`fcn` written by the `kind` output's writer at `path` (default storage), its metadata
+    `fcn_metadata`'s or what `final` gives when asked."""
+    output = BY_NAME[kind]
+    meta = fcn_metadata(fcn, kind)
+    pending = fcn_metadata_module.PendingMetadata(meta, final or (lambda: meta))
+    with open(path, "wb") as f:
+        output.write(f, Job(fcn, output.storage(str(path)), pending, progress, allow_nonfinite))
+    return path
 
 
 def assert_reader_refuses(
@@ -177,3 +203,28 @@ def frameworks_imported(module: str, frameworks: set[str]) -> list[str]:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return sorted(set(done.stdout.split()) & frameworks)
+
+
+#: Runs the command line, then, at exit, writes the process's own peak RSS (VmHWM, in KiB) to
+#: the file named by its first argument. Not wait4's ru_maxrss: Linux carries a parent's peak
+#: over fork and exec into it, and pytest's is hundreds of MB.
+_PEAK_RSS = """
+import atexit, re, sys
+report = sys.argv.pop(1)
+def peak():
+    status = open("/proc/self/status").read()
+    open(report, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+atexit.register(peak)
+from vggfcn.cli import main
+sys.argv[0] = "vggfcn"
+main()
+"""
+
+
+def run_measured(*args: object) -> tuple[int, str, int]:
+    """`vggfcn *args` in a process of its own: (exit code, stderr, peak RSS in bytes)."""
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "peak"
+        command = [sys.executable, "-c", _PEAK_RSS, str(report), *map(str, args)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        return done.returncode, done.stderr, int(report.read_text()) * 1024

@@ -57,11 +57,15 @@ def _assemble(tensor: Tensor, max_bytes: int) -> tuple[np.ndarray, int]:
     return out, banded
 
 
+def _plan(tensor: Tensor) -> Bands | None:
+    return Bands.plan(tensor.source, tensor.order, MAX_BYTES)
+
+
 @pytest.mark.parametrize("offset", [0, 3])
 def test_a_file_region_moves_in_bands_exactly(tmp_path: Path, offset: int) -> None:
     data = _data((24, 10 * 3 * 3))  # the file's (out, in) rows, columns in (C, H, W) order
     tensor = Tensor.wrap(_region(tmp_path, data, offset), "fc6").permute(OIHW, HWIO)
-    plan = Bands.plan(tensor, MAX_BYTES)
+    plan = _plan(tensor)
     assert plan is not None and (plan.band, plan.rows) == (4, 2)
     out, banded = _assemble(tensor, MAX_BYTES)
     np.testing.assert_array_equal(out, data.reshape(OIHW).transpose(HWIO).reshape(-1))
@@ -79,13 +83,13 @@ def test_the_other_direction_and_an_array_in_memory() -> None:
 def test_orders_and_sources_that_bands_leave_to_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     data = _data((24, 90))
     oihw = Tensor.wrap(data, "fc6").permute(OIHW, HWIO)
-    assert Bands.plan(Tensor.wrap(data, "fc6").permute((24, 90), (1, 0)), MAX_BYTES) is None
-    assert Bands.plan(Tensor.wrap(data.astype("<f2"), "fc6").permute(OIHW, HWIO), MAX_BYTES) is None
-    assert Bands.plan(Tensor.wrap(data, "fc6"), MAX_BYTES) is None  # nothing to move
+    assert _plan(Tensor.wrap(data, "fc6").permute((24, 90), (1, 0))) is None
+    assert _plan(Tensor.wrap(data.astype("<f2"), "fc6").permute(OIHW, HWIO)) is None
+    assert _plan(Tensor.wrap(data, "fc6")) is None  # nothing to move
     strided = np.zeros((24, 180), "<f4")[:, ::2]
-    assert Bands.plan(Tensor.wrap(strided, "fc6").permute(OIHW, HWIO), MAX_BYTES) is None
+    assert _plan(Tensor.wrap(strided, "fc6").permute(OIHW, HWIO)) is None
     monkeypatch.setattr(bands, "_MIN_RUN", 4 * 24 * 4 + 1)  # output rows of a band: 4 * 24
-    assert Bands.plan(oihw, MAX_BYTES) is None
+    assert _plan(oihw) is None
     out, banded = _assemble(oihw, MAX_BYTES)  # in order, as blocks
     np.testing.assert_array_equal(out, data.reshape(OIHW).transpose(HWIO).reshape(-1))
     assert banded == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import write_output
 from vggfcn.cli import main
 
 
@@ -31,7 +32,8 @@ def test_convert_verify_inspect_round_trip(keras1: Path, tmp_path: Path) -> None
     assert stdout.splitlines()[-1] == "PASS"
     code, stdout, _ = run("inspect", str(out))
     assert code == 0
-    assert "vggfcn-safetensors" in stdout and "convolutional head" in stdout
+    assert "safetensors (keras-h5/keras1)" in stdout and "convolutional head" in stdout
+    assert "HWIO kernels, vggfcn names, float32" in stdout
     assert re.search(r"fc6\s+conv7x7\s+7x7x16x32 ", stdout)
 
 
@@ -162,14 +164,12 @@ def test_channels_first_fc6_file_fails_verify_with_exit_1(keras1: Path, tmp_path
     """The classic bug, as a file: fc6 rows read as (C, H, W). Right shapes, wrong function."""
     from vggfcn.convert import to_fcn
     from vggfcn.formats import load
-    from vggfcn.formats.fcn_file import metadata, named_tensors
-    from vggfcn.formats.safetensors_io import write
     from vggfcn.selfcheck import fc6_read_as_chw
 
     wrong = tmp_path / "wrong.safetensors"
-    with load(str(keras1)) as classifier, open(wrong, "wb") as f:
+    with load(str(keras1)) as classifier:
         fcn = fc6_read_as_chw(to_fcn(classifier))  # type: ignore[arg-type]
-        write(f, named_tensors(fcn), metadata(fcn, keras1.name, "0" * 64))
+        write_output("safetensors", wrong, fcn)
     code, stdout, stderr = run("verify", str(keras1), str(wrong))
     assert code == 1, stderr
     assert "FAIL" in stdout

@@ -20,7 +20,7 @@ from vggfcn.api import convert_file
 from vggfcn.convert import to_fcn
 from vggfcn.digest import sha256_file
 from vggfcn.errors import ArchitectureError, FormatError, OutputError
-from vggfcn.formats.fcn_file import named_tensors
+from vggfcn.formats.safetensors_fcn import named_tensors
 from vggfcn.formats.safetensors_io import write
 from vggfcn.graph import Conv, Dense
 from vggfcn.synthetic import TINY as TINY_ARCH

@@ -152,4 +152,4 @@ def test_the_package_imports_without_numpy_and_keeps_its_names() -> None:
 
 
 def test_the_option_values_are_the_ones_the_modules_act_on() -> None:
-    assert tuple(precision.DTYPES) == choices.DTYPES
+    assert tuple(precision.PRECISIONS) == choices.DTYPES

@@ -43,7 +43,7 @@ def test_every_architecture_in_every_keras_generation(
     result = convert_file(str(source), str(out))
     assert result.arch == arch
     assert verify_files(str(source), str(out)).passed
-    assert inspect_file(str(out))["arch"] == arch
+    assert inspect_file(str(out)).as_dict()["arch"] == arch
 
 
 @pytest.mark.parametrize("arch", sorted(PLANS))
@@ -74,7 +74,7 @@ def test_torch_family_with_and_without_batch_norm(
     fcn.load_state_dict(safetensors.torch.load_file(str(out)), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(fcn(_nchw(x))[:, :, 0, 0], model(_nchw(x)), rtol=1e-4, atol=1e-4)
-    meta = inspect_file(str(out))
+    meta = inspect_file(str(out)).as_dict()
     assert meta["head"] == "convolutional"
 
 
@@ -160,7 +160,7 @@ def test_half_precision_output_passes_its_tolerance_and_fails_float32s(
     own = verify_files(str(keras1), str(out))
     assert own.passed and own.precision == dtype and own.atol > 1e-4
     assert not verify_files(str(keras1), str(out), atol=1e-4, rtol=1e-4).passed
-    assert inspect_file(str(out))["layers"][0]["dtype"] == (
+    assert inspect_file(str(out)).as_dict()["layers"][0]["dtype"] == (
         "bfloat16" if dtype == "bfloat16" else "float16"
     )
 
@@ -176,7 +176,7 @@ def test_keras3_bfloat16_weights_are_read(tmp_path: Path) -> None:
     ]
     _, tensors = read_all(path)
     got = list(tensors.values())
-    assert inspect_file(str(path))["layers"][0]["dtype"] == "bfloat16"
+    assert inspect_file(str(path)).as_dict()["layers"][0]["dtype"] == "bfloat16"
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
     out = tmp_path / "fcn.safetensors"

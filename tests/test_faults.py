@@ -183,7 +183,7 @@ def test_exception_while_verifying_before_publishing(
     def verify(*_args: Any, **_kwargs: Any) -> None:
         raise error
 
-    monkeypatch.setattr(api, "verify", verify)
+    monkeypatch.setattr(api, "prove", verify)
     with pytest.raises(type(error)):
         api.convert_file(str(keras1), str(target), force=True, verify_output=True)
     if isinstance(error, VggfcnError):

@@ -141,7 +141,7 @@ def test_150_pixel_model_has_a_4x4_first_head_kernel(tmp_path: Path) -> None:
     tensors = safetensors.numpy.load_file(str(out))
     assert tensors["fc6.kernel"].shape == (4, 4, 16, 24)  # reads the 8192 (here 256) values
     assert tensors["fc7.kernel"].shape == (1, 1, 24, 5)
-    info = inspect_file(str(source))
+    info = inspect_file(str(source)).as_dict()
     assert info["input_size"] == [150, 150] and info["input_size_from"] == "file"
     report = json.loads(
         CliRunner().invoke(main, ["verify", "--json", str(source), str(out)]).stdout
@@ -200,7 +200,7 @@ def test_inspect_shows_the_source_graph(tmp_path: Path) -> None:
     model = keras_finetuned("bn-before-relu", 224, functional=True)
     source = tmp_path / "m.keras"
     model.save(str(source))
-    info = inspect_file(str(source))
+    info = inspect_file(str(source)).as_dict()
     assert (info["format"], info["generation"]) == ("keras-archive", "keras3")
     classes = [row["class"] for row in info["layers"]]  # type: ignore[attr-defined]
     assert classes[-5:] == ["Flatten", "Dense", "BatchNorm", "Activation", "Dense"]

@@ -38,7 +38,7 @@ def test_full_size_convert_and_verify(full_keras1: Path, tmp_path: Path) -> None
     report = verify_files(str(full_keras1), str(out))
     assert report.passed and report.classes == 1000
     assert report.top1_agreement == 1.0
-    info = inspect_file(str(out))
+    info = inspect_file(str(out)).as_dict()
     assert info["parameters"] == VGG16_PARAMETERS and info["arch"] == "vgg16"
 
 
@@ -101,4 +101,4 @@ def test_full_size_caffemodel_to_rgb_is_proven_too(full_caffemodel: Path, tmp_pa
     convert_file(str(full_caffemodel), str(out), channel_order="rgb")
     report = verify_files(str(full_caffemodel), str(out), sizes=(288,))
     assert report.passed and not report.trunk_shared  # type: ignore[union-attr]
-    assert inspect_file(str(out))["channel_order"] == "rgb"
+    assert inspect_file(str(out)).as_dict()["channel_order"] == "rgb"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,11 @@ import numpy as np
 import pytest
 
 import vggfcn.formats.keras_archive as keras_archive
-import vggfcn.formats.keras_model as keras_model
+import vggfcn.formats.keras_config as keras_config
 from fixtures.finetuned import keras_base, keras_finetuned
-from tests.helpers import converts_and_verifies, refuse_everywhere, tensors
+from tests.helpers import converts_and_verifies, refuse_everywhere, run_measured, tensors
 from vggfcn.formats import load
+from vggfcn.formats.detect import HDF5_MAGIC
 from vggfcn.formats.region import FileRegion
 from vggfcn.graph import Dense, SourceGraph
 
@@ -92,6 +94,45 @@ def test_a_deflated_member_over_the_cap_is_refused(
     refuse_everywhere(deflated, "model.weights.h5", "more than the 65536")
 
 
+def test_a_deflated_bomb_is_refused_in_bounded_memory(archive: Path, tmp_path: Path) -> None:
+    """A 4 MiB archive whose weights member inflates to 1 GiB (HDF5's signature, then zeros):
+    refused from what it declares, before anything is inflated, by a process whose peak RSS
+    stays far below what inflating it in memory took (2 GiB)."""
+    bomb, out = tmp_path / "bomb.keras", tmp_path / "out.safetensors"
+    with (
+        zipfile.ZipFile(archive) as src,
+        zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst,
+    ):
+        dst.writestr("config.json", src.read("config.json"))
+        with dst.open("model.weights.h5", "w") as member:
+            member.write(HDF5_MAGIC)
+            for _ in range(1024):
+                member.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 8 << 20
+    code, stderr, peak = run_measured("convert", bomb, out)
+    assert code == 2, stderr
+    assert re.fullmatch(
+        rf"vggfcn: error: {re.escape(str(bomb))}: member model\.weights\.h5 declares "
+        r"1073741832 bytes from \d+ compressed, more than weights ever compress \(a zip bomb\); "
+        r"refused before inflating\n",
+        stderr,
+    )
+    assert peak < 256 << 20
+    assert not out.exists()
+
+
+def test_a_deflated_member_that_is_not_hdf5_is_refused_before_inflating(
+    archive: Path, tmp_path: Path
+) -> None:
+    fake = rezip(
+        archive,
+        tmp_path / "fake.keras",
+        {"model.weights.h5": b"PK\x03\x04 not a weights file " * 1000},
+        deflate=("model.weights.h5",),
+    )
+    refuse_everywhere(fake, r"model\.weights\.h5 starts with b'PK\\x03\\x04 not'", "expected")
+
+
 @pytest.mark.parametrize("member", ["config.json", "model.weights.h5"])
 def test_a_missing_member_is_named(archive: Path, tmp_path: Path, member: str) -> None:
     refuse_everywhere(rezip(archive, tmp_path / "m.keras", drop=(member,)), f"without {member}")
@@ -115,14 +156,14 @@ def test_a_broken_config_is_refused(
 def test_an_oversized_config_is_refused_before_parsing(
     archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(keras_model, "CONFIG_MAX_BYTES", 1000)
+    monkeypatch.setattr(keras_config, "CONFIG_MAX_BYTES", 1000)
     refuse_everywhere(archive, "config.json", "exceeds 1000|more than the 1000")
 
 
 def test_models_nested_too_deep_are_refused(archive: Path, tmp_path: Path) -> None:
     def nest(config: dict[str, Any]) -> None:
         inner = config
-        for _ in range(keras_model.MAX_NESTING + 2):
+        for _ in range(keras_config.MAX_NESTING + 2):
             inner["config"]["layers"] = [
                 {
                     "class_name": "Sequential",

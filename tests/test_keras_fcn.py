@@ -23,12 +23,19 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers import fcn_metadata, frameworks_imported, tiny_fcn, tiny_fcn_with_nan
+from tests.helpers import (
+    fcn_metadata,
+    frameworks_imported,
+    tiny_fcn,
+    tiny_fcn_with_nan,
+    write_output,
+)
 from vggfcn.arch import Arch
 from vggfcn.convert import to_fcn
 from vggfcn.errors import FormatError, OutputError
-from vggfcn.fcn import FCN
-from vggfcn.formats import fcn_file, keras_fcn, load
+from vggfcn.fcn import FCN, Storage
+from vggfcn.formats import fcn_metadata as fcn_metadata_module
+from vggfcn.formats import keras_fcn, load
 from vggfcn.forward import logits
 from vggfcn.synthetic import random_classifier
 from vggfcn.tensor import Tensor
@@ -48,9 +55,8 @@ KINDS = ["tiny", "keras1", "torchvision.pth", "vgg11", "vgg19", "odd-head"]
 
 
 def write(path: Path, fcn: FCN, allow_nonfinite: bool = False) -> Path:
-    with open(path, "wb") as f:  # write-only: the writer never reads its output back
-        keras_fcn.write(f, fcn, lambda: fcn_metadata(fcn), allow_nonfinite=allow_nonfinite)
-    return path
+    # opened write-only: the writer never reads its output back
+    return write_output("keras", path, fcn, allow_nonfinite=allow_nonfinite)
 
 
 def odd_head(fcn: FCN) -> FCN:
@@ -174,21 +180,20 @@ def test_our_metadata_rides_in_metadata_json_after_the_weights(tmp_path: Path) -
 
     def late() -> dict[str, str]:
         asked.append(sum(written))
-        return fcn_metadata(fcn)
+        return fcn_metadata(fcn, "keras")
 
-    path = tmp_path / "m.keras"
-    with open(path, "wb") as f:
-        keras_fcn.write(f, fcn, late, progress=written.append)
+    path = write_output("keras", tmp_path / "m.keras", fcn, final=late, progress=written.append)
     assert asked == [fcn.parameter_count() * 4]  # once, with every weight written
     with zipfile.ZipFile(path) as z:
         stored = json.loads(z.read("metadata.json"))
     assert stored == {
         "keras_version": keras_fcn.KERAS_VERSION,
         "date_saved": keras_fcn.DATE_SAVED,
-        keras_fcn.VGGFCN_KEY: {**fcn_metadata(fcn), **keras_fcn.STORAGE},
+        keras_fcn.VGGFCN_KEY: fcn_metadata(fcn, "keras"),
     }
-    info = fcn_file.info_from_metadata("m.keras", stored[keras_fcn.VGGFCN_KEY], "keras")
-    assert info == replace(fcn.info, path="m.keras", stored_as="keras")
+    storage = Storage("keras", "HWIO", "source", "float32")
+    info = fcn_metadata_module.info("m.keras", stored[keras_fcn.VGGFCN_KEY], storage)
+    assert info == replace(fcn.info, path="m.keras", storage=storage)
     keras.saving.load_model(path, safe_mode=True)  # Keras ignores the extra key
 
 
@@ -225,7 +230,7 @@ def test_rewrites_are_byte_identical_and_our_reader_reads_them(
         assert write(tmp_path / "b.keras", fcn).read_bytes() == first.read_bytes()
         with load(str(first)) as back:  # vggfcn's Keras reader: keras_archive
             assert isinstance(back, FCN)  # our own .keras reads back as the network it holds
-            assert back.info == replace(fcn.info, path=str(first), stored_as=back.info.stored_as)
+            assert back.info == replace(fcn.info, path=str(first), storage=back.info.storage)
             x = np.random.default_rng(2).standard_normal((1, 256, 352, 3), dtype=np.float32)
             np.testing.assert_array_equal(logits(back, x), logits(fcn, x))
             assert [layer.source_name for layer in back.layers] == keras_fcn.layer_names(fcn)
@@ -247,6 +252,6 @@ def test_weights_beyond_a_zip32_archive_are_refused_before_any_is_written(
     fc6 = replace(fcn.head[0], kernel=Tensor.wrap(huge, "<huge>:fc6.kernel"))
     written: list[int] = []
     with pytest.raises(OutputError, match="do not fit a .keras archive without zip64"):
-        with open(tmp_path / "m.keras", "wb") as f:
-            keras_fcn.write(f, replace(fcn, head=(fc6, *fcn.head[1:])), dict, written.append)
+        huge_fcn = replace(fcn, head=(fc6, *fcn.head[1:]))
+        write_output("keras", tmp_path / "m.keras", huge_fcn, progress=written.append)
     assert written == []

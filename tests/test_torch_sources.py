@@ -112,13 +112,13 @@ def test_oihw_output_of_a_torch_source_is_its_own_bytes(
 
 
 def test_inspect_reports_layout_and_flatten_order(sources: dict[str, Path]) -> None:
-    info = inspect_file(str(sources["torchvision.pth"]))
+    info = inspect_file(str(sources["torchvision.pth"])).as_dict()
     assert (info["format"], info["generation"], info["flatten_order"]) == (
         "pytorch-zip",
         "torchvision",
         "CHW",
     )
-    info = inspect_file(str(sources["timm.safetensors"]))
+    info = inspect_file(str(sources["timm.safetensors"])).as_dict()
     assert (info["format"], info["generation"]) == ("safetensors", "timm")
     assert info["softmax"] == "no"
 
@@ -133,7 +133,7 @@ def test_tensorflow_vgg_npy(tmp_path: Path, arch: str) -> None:
     out = tmp_path / "fcn.safetensors"
     convert_file(str(path), str(out))
     assert verify_files(str(path), str(out)).passed
-    info = inspect_file(str(path))
+    info = inspect_file(str(path)).as_dict()
     assert (info["generation"], info["flatten_order"], info["softmax"]) == (
         "tensorflow-vgg",
         "HWC",

@@ -6,37 +6,40 @@ returns a plain result; printing and exit codes belong to the CLI.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import heatmap, imagenet, images
 from .atomic import atomic_write, check_output
-from .choices import HEADS, LAYOUTS, NAME_SCHEMES, OUTPUTS
+from .choices import HEADS
 from .convert import to_fcn
 from .digest import source_digest
-from .errors import ArchitectureError, MismatchError, VggfcnError
+from .errors import ArchitectureError, AssumptionWarning, MismatchError, VggfcnError
 from .fcn import FCN
-from .formats import Network, load, safetensors_io
-from .formats.fcn_file import metadata, named_tensors
+from .formats import Network, load
+from .formats.fcn_metadata import PendingMetadata, metadata
+from .formats.outputs import Job, output_for
 from .graph import SourceGraph
-from .inspection import describe
-from .precision import DTYPES
+from .inspection import Report, describe
+from .layouts import shape_in, sizes_of
 from .predict import as_fcn, class_probabilities, score_map
 from .reduce import reduce_head
-from .verify import ReducedResult, VerifyResult, verify, verify_reduced
+from .reduced_check import ReducedResult
+from .verify import VerifyResult, prove
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from .verify import Options
 
 Size = tuple[int, int]
-#: How ONNX and Keras outputs are written: `formats.<module>.write(f, fcn, metadata, progress,
-#: allow_nonfinite)`, imported when asked for (h5py costs a safetensors user start-up time);
-#: safetensors has options of its own (layout, names, dtype) and is written apart.
-_WRITERS = {"onnx": "onnx_file", "keras": "keras_fcn"}
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,14 @@ class ConvertResult:
 
     output: str
     format: str  # "safetensors", "onnx" or "keras"
+    layout: str  # the kernels' layout in the file: "HWIO" or "OIHW"
+    names: str  # its name scheme: "vggfcn", "torch", "ssd", or "source" (the source's names)
+    dtype: str  # its weights' precision
     arch: str
     head: str  # "classifier", or "reduced" (a backbone initialisation)
     classes: int
     parameters: int
-    fc6_shape: tuple[int, ...]
+    fc6_shape: tuple[int, ...]  # the first head layer's kernel, in `layout`
     bytes_written: int
     source_sha256: str
     verification: VerifyResult | ReducedResult | None  # with verify_output: the check made
@@ -59,9 +65,9 @@ def convert_file(
     source: str,
     output: str,
     *,
-    layout: str = "hwio",
-    names: str = "vggfcn",
-    dtype: str = "float32",
+    layout: str | None = None,
+    names: str | None = None,
+    dtype: str | None = None,
     force: bool = False,
     verify_output: bool = False,
     allow_nonfinite: bool = False,
@@ -79,8 +85,9 @@ def convert_file(
         (7, 7, 512, 4096)
 
     Args:
-        layout, names: output kernel layout ("hwio"/"oihw") and name scheme ("vggfcn"/"torch").
-        dtype: output precision, "float32", "float16" or "bfloat16".
+        layout, names, dtype: what the output stores (`formats.outputs`): kernel layout
+            ("hwio"/"oihw"), name scheme ("vggfcn"/"torch"/"ssd") and precision ("float32",
+            "float16", "bfloat16"); None for the output format's default.
         force: replace an existing output (atomically).
         verify_output: run `verify` on the finished temp file before it is renamed into place;
             a mismatch publishes nothing.
@@ -99,30 +106,14 @@ def convert_file(
         (OutputError) or a failed verification (MismatchError); the output is then neither
         created nor changed.
     """
-    if (
-        layout not in LAYOUTS
-        or names not in NAME_SCHEMES
-        or dtype not in DTYPES
-        or head not in HEADS
-        or channel_order not in (None, "rgb", "bgr")
-    ):
-        raise VggfcnError(
-            f"layout must be one of {LAYOUTS}, names one of {NAME_SCHEMES}, dtype one of "
-            f"{tuple(DTYPES)}, head one of {HEADS}, channel order rgb or bgr"
-        )
-    if names == "ssd" and (layout != "oihw" or head != "reduced"):
+    if head not in HEADS or channel_order not in (None, "rgb", "bgr"):
+        raise VggfcnError(f"head must be one of {HEADS}, channel order rgb or bgr")
+    target = output_for(output, to)
+    storage = target.storage(output, layout, names, dtype, head.split("-")[0])
+    if storage.names == "ssd" and (storage.layout != "OIHW" or head != "reduced"):
         raise VggfcnError(
             "--names ssd writes ssd.pytorch's VGG16 backbone: it needs --head reduced and "
             "--layout oihw (nn.Conv2d kernels)"
-        )
-    kind = output_format(output, to)
-    if kind != "safetensors" and (
-        (layout, names, dtype) != ("hwio", "vggfcn", "float32") or head != "classifier"
-    ):
-        raise VggfcnError(
-            f"{output}: a .{kind} output is the runnable float32 network in its format's own "
-            "layout and names; --layout, --names, --dtype and --head reduced are for "
-            ".safetensors outputs"
         )
     check_output(output, [source], force=force)
     with source_digest(source) as digest, load(source, input_size=input_size) as network:
@@ -130,82 +121,50 @@ def convert_file(
         fcn = to_fcn(graph, channel_order=channel_order)  # type: ignore[arg-type]
         if head != "classifier":
             fcn = reduce_head(fcn, keep_fc8=head == "reduced-fc8")
-        name = os.path.basename(source)
         checks: list[VerifyResult | ReducedResult] = []
 
         def check(temp: str) -> None:
-            with load(temp) as written:
-                if not isinstance(written, FCN):
-                    raise VggfcnError(f"{output}: the file written is not a converted network")
-                report = verify_any(graph, written)
+            with target.read(temp) as written:
+                report = prove(graph, written)
             checks.append(report)
             if not report.passed:
                 raise MismatchError(
                     f"{output}: verification failed ({_failure(report)}); nothing was written"
                 )
 
+        draft = metadata(fcn, os.path.basename(source), "0" * 64, storage)
         total = fcn.parameter_count() * 4  # float32 bytes streamed
         with (
             _progress(total, progress) as update,
             atomic_write(output, check if verify_output else None) as f,
         ):
 
-            def final_metadata() -> dict[str, str]:
+            def final() -> dict[str, str]:
                 # The hash (SHA-256 runs at ~1.5 GB/s) usually finishes after the data is
                 # written: flush the data to disk meanwhile, so the fsync before publishing
                 # finds only the metadata left to write.
                 f.flush()
                 os.fsync(f.fileno())
-                return metadata(fcn, name, digest.result(), layout, names, dtype)
+                return {**draft, "source_sha256": digest.result()}
 
-            if kind == "safetensors":
-                safetensors_io.write(
-                    f,
-                    named_tensors(fcn, layout, names),
-                    metadata(fcn, name, "0" * 64, layout, names, dtype),
-                    update,
-                    final_metadata=final_metadata,
-                    allow_nonfinite=allow_nonfinite,
-                    dtype=dtype,
-                )
-            else:
-                writer = importlib.import_module(f".formats.{_WRITERS[kind]}", __package__)
-                writer.write(f, fcn, final_metadata, update, allow_nonfinite)
+            pending = PendingMetadata(draft, final)
+            target.write(f, Job(fcn, storage, pending, update, allow_nonfinite))
+        first = fcn.head[0].kernel.shape
         return ConvertResult(
             output=output,
-            format=kind,
+            format=storage.format,
+            layout=storage.layout,
+            names=storage.names,
+            dtype=storage.dtype,
             arch=fcn.name,
             head=fcn.info.head,
             classes=fcn.classes,
             parameters=fcn.parameter_count(),
-            fc6_shape=_first_head_shape(fcn, kind, layout),
+            fc6_shape=shape_in(storage.layout, sizes_of("HWIO", first)),
             bytes_written=os.path.getsize(output),
             source_sha256=digest.result(),
             verification=checks[0] if checks else None,
         )
-
-
-def output_format(output: str, to: str | None) -> str:
-    """The output format: `to`, or the one OUTPUT's extension names (`.onnx`, `.keras`);
-    safetensors otherwise, as before other formats existed (pipelines name outputs freely).
-
-    Raises:
-        VggfcnError: an unknown format.
-    """
-    if to is None:
-        return next(
-            (kind for kind in OUTPUTS if output.lower().endswith(f".{kind}")), "safetensors"
-        )
-    if to not in OUTPUTS:
-        raise VggfcnError(f"--to {to}: expected one of {', '.join(OUTPUTS)}")
-    return to
-
-
-def _first_head_shape(fcn: FCN, kind: str, layout: str) -> tuple[int, ...]:
-    """The first head layer's kernel shape as the output stores it (OIHW for ONNX)."""
-    shape = fcn.head[0].kernel.shape
-    oihw = kind == "onnx" or (kind == "safetensors" and layout == "oihw")
-    return (shape[3], shape[2], shape[0], shape[1]) if oihw else shape
 
 
 def _classifier(network: Network) -> SourceGraph:
@@ -236,42 +195,16 @@ def _failure(report: VerifyResult | ReducedResult) -> str:
     return f"max scaled error {worst:.2e} > tolerance"
 
 
-def verify_any(
-    original: SourceGraph, converted: FCN, **options: Any
-) -> VerifyResult | ReducedResult:
-    """`verify` for a converted classifier, `verify_reduced` for a reduced head."""
-    if converted.info.head == "reduced":
-        return verify_reduced(original, converted)
-    return verify(original, converted, **options)
-
-
 def verify_files(
-    original: str,
-    converted: str,
-    *,
-    images: int = 1,
-    probes: int = 8,
-    sizes: Sequence[int] | None = None,
-    seed: int = 0,
-    atol: float | None = None,
-    rtol: float | None = None,
-    input_size: Size | None = None,
+    original: str, converted: str, *, input_size: Size | None = None, **options: Unpack[Options]
 ) -> VerifyResult | ReducedResult:
-    """Run `verify` on two files: the original classifier and the converted network (or
-    `verify_reduced`, when the converted file holds a reduced head).
+    """`verify.prove` on two files: the original classifier and the converted network.
 
-    `sizes` defaults to the side that gives a 3x3 map; `atol`/`rtol` to the tolerance of the
-    converted file's precision (`TOLERANCES`).
+    `options` are `verify`'s (`verify.Options`): `sizes` defaults to the side that gives a 3x3
+    map, `atol`/`rtol` to the tolerance of the converted file's precision.
     """
     with load(original, input_size=input_size) as ref, load(converted) as fcn:
-        if not isinstance(ref, SourceGraph) or not isinstance(fcn, FCN):
-            raise ArchitectureError(
-                f"{original}, {converted}: expected the original classifier first and the "
-                "converted (fully-convolutional) network second"
-            )
-        return verify_any(
-            ref, fcn, images=images, probes=probes, sizes=sizes, seed=seed, atol=atol, rtol=rtol
-        )
+        return prove(ref, fcn, **options)
 
 
 @dataclass(frozen=True)
@@ -401,7 +334,12 @@ def read_labels(path: str, classes: int) -> list[str]:
     return names
 
 
-def inspect_file(path: str, *, input_size: Size | None = None) -> dict[str, object]:
-    """What a file holds: format, architecture, layers as the file defines them, parameters."""
-    with load(path, input_size=input_size) as network:
-        return describe(network)
+def inspect_file(path: str, *, input_size: Size | None = None) -> Report:
+    """What a file holds: format, architecture, layers as the file defines them, parameters;
+    what was assumed about it is among its notes (not warned: it is what was asked for)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AssumptionWarning)
+        with load(path, input_size=input_size) as network:
+            report = describe(network)
+    assumed = [str(w.message) for w in caught if issubclass(w.category, AssumptionWarning)]
+    return replace(report, notes=(*report.notes, *assumed))

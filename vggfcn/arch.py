@@ -29,6 +29,46 @@ def conv_names(plan: tuple[int, ...]) -> list[str]:
     return [f"block{b}_conv{i}" for b, n in enumerate(plan, start=1) for i in range(1, n + 1)]
 
 
+def name_of(plan: tuple[int, ...]) -> str | None:
+    """The family member with this plan ("vgg16"), or None."""
+    return next((name for name, p in PLANS.items() if p == plan), None)
+
+
+def plan_with(convs: int) -> tuple[int, ...] | None:
+    """The plan of the member with this many convolutions (each member has its own count)."""
+    return next((p for p in PLANS.values() if sum(p) == convs), None)
+
+
+def feature_indices(plan: tuple[int, ...], norms: bool = False) -> tuple[list[int], list[int]]:
+    """Where torchvision's `features` Sequential puts each convolution and each block's
+    max-pool: every conv is followed by a ReLU (a BatchNorm2d before it in `_bn` models), every
+    block by a MaxPool. VGG16: convs 0, 2, 5, 7, 10, ..., pools 4, 9, 16, 23, 30."""
+    convs, pools, i = [], [], 0
+    for count in plan:
+        for _ in range(count):
+            convs.append(i)
+            i += 3 if norms else 2
+        pools.append(i)
+        i += 1
+    return convs, pools
+
+
+def plan_of_features(indices: list[int], norms: bool = False) -> tuple[int, ...] | None:
+    """The plan whose torchvision `features` convolutions sit at `indices`; failing that, the
+    plan with as many convolutions (a Sequential numbered its own way still says which VGG)."""
+    for plan in PLANS.values():
+        if feature_indices(plan, norms)[0] == indices:
+            return plan
+    return plan_with(len(indices))
+
+
+def plan_holding(deepest: list[int]) -> tuple[int, ...] | None:
+    """The smallest plan with at least `deepest[b]` convolutions in each block b (a file that
+    numbers its convs per block, missing some, still says which VGG it was meant to be)."""
+    plans = [p for p in PLANS.values() if all(n >= d for n, d in zip(p, deepest, strict=True))]
+    return min(plans, key=sum) if plans else None
+
+
 def family_counts() -> str:
     """ "vgg11: 8, vgg13: 10, ...": how many convolutions each member has, for messages."""
     return ", ".join(f"{n}: {sum(p)}" for n, p in PLANS.items())

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .precision import F32
+from .sources import RunReadable, Source
 from .transpose import merge_axes, transpose_into
 
-if TYPE_CHECKING:
-    from .tensor import Tensor
-
-F32 = np.dtype("<f4")
 #: The band's table (the output rows being built) is at most this many `max_bytes`: 48 MiB for
 #: 16 MiB writes, so Caffe's fc6 moves in 9 bands and peak RSS stays under 100 MiB.
 _TABLE_PARTS = 3
@@ -44,19 +41,25 @@ class Bands:
     The output is (b, c, a): element [i, k, j] is source element [j, k, i].
     """
 
-    source: Any  # float32 in C order: an ndarray, or a `FileRegion` (anything with read_runs)
+    source: np.ndarray | RunReadable  # float32 in C order, in memory or read by runs
     view: tuple[int, int, int]
     band: int  # channels (view axis 1) per band
     rows: int  # source rows (view axis 0) read per batch
 
     @classmethod
-    def plan(cls, tensor: Tensor, max_bytes: int) -> Bands | None:
-        """How to move `tensor` in bands, or None when its order is not an outer-axes swap,
-        its source cannot be read by runs or its output rows would be short (then
-        `Tensor.blocks` streams it in order)."""
-        if tensor.order is None or not _runs_readable(tensor.source):
+    def plan(
+        cls,
+        source: Source,
+        order: tuple[tuple[int, ...], tuple[int, ...]] | None,
+        max_bytes: int,
+    ) -> Bands | None:
+        """How to move the elements of `source` permuted by `order` (a tensor's `(view,
+        axes)`) in bands, or None when the order is not an outer-axes swap, the source cannot
+        be read by runs or the output rows would be short (then `Tensor.blocks` streams it in
+        order)."""
+        if order is None or not _runs_readable(source):
             return None
-        view, axes = merge_axes(*tensor.order)
+        view, axes = merge_axes(*order)
         if axes != (2, 1, 0):
             return None
         a, c, b = view
@@ -67,7 +70,7 @@ class Bands:
             return None
         run = band * b * F32.itemsize  # bytes of one source row in a band
         rows = max(1, min(a, max_bytes // _READ_PARTS // run))
-        return cls(tensor.source, (a, c, b), band, rows)
+        return cls(source, (a, c, b), band, rows)  # type: ignore[arg-type]
 
     def pieces(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(offsets, rows) per band: `rows[n]`, in C order, is the output's elements from
@@ -105,8 +108,8 @@ class Bands:
         self.source.read_runs(starts, out.view(np.uint8))
 
 
-def _runs_readable(source: Any) -> bool:
+def _runs_readable(source: Source) -> bool:
     """Whether `Bands` can read `source` by runs: float32, contiguous in memory or in a file
     region."""
     in_memory = isinstance(source, np.ndarray) and source.flags.c_contiguous
-    return (in_memory or hasattr(source, "read_runs")) and np.dtype(source.dtype) == F32
+    return (in_memory or isinstance(source, RunReadable)) and np.dtype(source.dtype) == F32

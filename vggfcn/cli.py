@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -21,10 +23,11 @@ import click
 from . import __version__, digest
 from .arch import STRIDE
 from .choices import DTYPES, HEADS, LAYOUTS, NAME_SCHEMES, OUTPUTS, PREPROCESS_MODES
-from .errors import MismatchError, VggfcnError
+from .errors import AssumptionWarning, MismatchError, VggfcnError
 
 if TYPE_CHECKING:
-    from .verify import ReducedResult, VerifyResult
+    from .reduced_check import ReducedResult
+    from .verify import VerifyResult
 
 
 class ExitCode(IntEnum):
@@ -41,15 +44,34 @@ def exit_code(error: VggfcnError) -> ExitCode:
     return ExitCode.MISMATCH if isinstance(error, MismatchError) else ExitCode.BAD_INPUT
 
 
+#: The notes (`AssumptionWarning`s) the running command printed, for its --json output.
+_NOTES: list[str] = []
+
+
 class _Command(click.Command):
-    """A command whose arguments are parsed before NumPy is imported (see the module's doc)."""
+    """A command whose arguments are parsed before NumPy is imported (see the module's doc),
+    and whose `AssumptionWarning`s are printed as notes on stderr as they happen."""
 
     def invoke(self, ctx: click.Context) -> Any:
         import numpy as np
 
+        _NOTES.clear()
         # Overflow and NaN are checked explicitly (and reported as one line); NumPy's own
         # RuntimeWarnings would only add noise to stderr.
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("always", AssumptionWarning)
+            shown = warnings.showwarning
+
+            def note(
+                message: Warning | str, category: type[Warning], *args: Any, **kw: Any
+            ) -> None:
+                if not issubclass(category, AssumptionWarning):
+                    shown(message, category, *args, **kw)
+                    return
+                click.echo(f"note: {message}", err=True)  # even with --quiet: not progress
+                _NOTES.append(str(message))
+
+            warnings.showwarning = note
             return super().invoke(ctx)
 
 
@@ -119,24 +141,20 @@ def _hash_early(_ctx: click.Context, _param: click.Parameter, source: str) -> st
 @click.option(
     "--layout",
     type=click.Choice(LAYOUTS),
-    default="hwio",
-    show_default=True,
-    help="Kernel layout: hwio (Keras/TF/JAX) or oihw (PyTorch nn.Conv2d).",
+    help="Kernel layout: hwio (Keras/TF/JAX) or oihw (PyTorch nn.Conv2d) [default: hwio for "
+    ".safetensors; .onnx holds oihw, .keras hwio].",
 )
 @click.option(
     "--names",
     type=click.Choice(NAME_SCHEMES),
-    default="vggfcn",
-    show_default=True,
-    help="Tensor names: vggfcn (block1_conv1.kernel, fc6.bias) or torch (features.N.weight, "
-    "fc6.weight: loads into a torchvision-style VGG with conv heads).",
+    help="Tensor names of a .safetensors: vggfcn (block1_conv1.kernel, fc6.bias) [default] or "
+    "torch (features.N.weight, fc6.weight: loads into a torchvision-style VGG with conv heads).",
 )
 @click.option(
     "--dtype",
     type=click.Choice(DTYPES),
-    default="float32",
-    show_default=True,
-    help="Output precision (bfloat16: round to nearest even, stored as safetensors BF16).",
+    help="Precision of a .safetensors: float32 [default], float16 or bfloat16 (round to nearest "
+    "even, stored as safetensors BF16).",
 )
 @click.option("-f", "--force", is_flag=True, help="Replace OUTPUT if it exists (atomically).")
 @click.option(
@@ -175,9 +193,9 @@ def _hash_early(_ctx: click.Context, _param: click.Parameter, source: str) -> st
 def convert(
     source: str,
     output: str,
-    layout: str,
-    names: str,
-    dtype: str,
+    layout: str | None,
+    names: str | None,
+    dtype: str | None,
     force: bool,
     verify_output: bool,
     allow_nonfinite: bool,
@@ -223,15 +241,14 @@ def convert(
         to=to,
     )
     if as_json:
-        click.echo(json.dumps(asdict(result)))
+        click.echo(json.dumps({**asdict(result), "assumptions": _NOTES}))
     elif not quiet:
         what = "fully convolutional" if result.head == "classifier" else "reduced backbone"
         first = "fc6" if result.head == "classifier" else "conv6"
         outputs = "classes" if result.head == "classifier" else "output channels"
-        stored = {"onnx": "OIHW", "keras": "HWIO"}.get(result.format, layout.upper())
         click.echo(
             f"wrote {result.output}: {result.arch} {what}, {result.classes} {outputs}, "
-            f"{result.parameters:,} parameters, {first} as {result.fc6_shape} {stored}"
+            f"{result.parameters:,} parameters, {first} as {result.fc6_shape} {result.layout}"
         )
         check = result.verification
         if isinstance(check, VerifyResult):
@@ -495,29 +512,32 @@ def inspect(file: str, input_size: tuple[int, int] | None, as_json: bool) -> Non
     """
     from . import api
 
-    info = api.inspect_file(file, input_size=input_size)
+    report = api.inspect_file(file, input_size=input_size)
     if as_json:
-        click.echo(json.dumps(info))
+        click.echo(json.dumps(report.as_dict()))
         return
-    size = info["input_size"]
-    shown = "x".join(map(str, size)) if isinstance(size, list) else "unknown"
-    origin = f" ({info['input_size_from']})" if info.get("input_size_from") else ""
-    click.echo(
-        f"{info['file']}: {info['format']} ({info['generation']}), {info['arch']}, "
-        f"{info['head']} head, {info['classes']} classes, {info['parameters']:,} parameters\n"
-        f"input {shown}{origin}, {info['channel_order']} {info['preprocessing']}; flatten order "
-        f"{info['flatten_order']}; output activation {info['output_activation']}; batch norm: "
-        f"{info['batch_norm']}; shapes {info['shapes']}"
+    size = report.input_size
+    shown = "x".join(map(str, size)) if size else "unknown"
+    origin = f" ({report.input_size_from})" if report.input_size_from else ""
+    stored = (
+        f"{report.layout} kernels, {report.names} names, {report.dtype}"
+        if report.layout
+        else "shapes as stored in the file (layout per layer)"
     )
-    notes: list[str] = info["notes"]  # type: ignore[assignment]
-    for note in notes:
+    click.echo(
+        f"{report.file}: {report.format} ({report.generation}), {report.arch}, "
+        f"{report.head} head, {report.classes} classes, {report.parameters:,} parameters\n"
+        f"input {shown}{origin}, {report.channel_order} {report.preprocessing}; flatten order "
+        f"{report.flatten_order}; output activation {report.output_activation}; batch norm: "
+        f"{report.batch_norm}; {stored}"
+    )
+    for note in report.notes:
         click.echo(f"note: {note}")
-    rows: list[dict[str, Any]] = info["layers"]  # type: ignore[assignment]
-    for line in _layer_lines(rows):
+    for line in _layer_lines(report.layers):
         click.echo("  " + line)
 
 
-def _layer_lines(rows: list[dict[str, Any]]) -> list[str]:
+def _layer_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """One line per layer: name, class, shape (and layout), dtype, parameters; an activation
     that is part of the layer before it is shown on that layer's line."""
     lines: list[str] = []

@@ -42,21 +42,24 @@ from .graph import (
     SourceGraph,
     pool5_side,
 )
+from .layouts import permutation
+from .precision import F32
 from .shapes import block_plan
-from .tensor import F32, Tensor
+from .tensor import Tensor
 
-#: The axis moves compile makes, each named once (the injected-bug tests break them one by one).
-#: Each goes from the file's own layout to HWIO in one permutation, so it composes with an
-#: output layout's (a torch fc6 written OIHW is its own bytes, streamed) and is never read here.
+#: The axis moves compile makes, each named once (the injected-bug tests break them one by one)
+#: and derived from the layouts' letters (`layouts.permutation`). Each goes from the file's own
+#: layout to HWIO in one permutation, so it composes with an output layout's (a torch fc6
+#: written OIHW is its own bytes, streamed) and is never read here.
 #: An OIHW kernel: (O, I, H, W) -> (H, W, I, O).
-OIHW_TO_HWIO = (2, 3, 1, 0)
+OIHW_TO_HWIO = permutation("OIHW", "HWIO")
 #: An (out, in) dense kernel -> (in, out).
-OI_TO_IO = (1, 0)
+OI_TO_IO = permutation("OI", "IO")
 #: A dense layer after a channels-first flatten, (out, in) viewed as (out, C, H, W) or (in, out)
 #: viewed as (C, H, W, out); after a channels-last one, (out, in) viewed as (out, H, W, C).
-CHW_COLUMNS_TO_HWIO = (2, 3, 1, 0)
-CHW_ROWS_TO_HWIO = (1, 2, 0, 3)
-HWC_COLUMNS_TO_HWIO = (1, 2, 3, 0)
+CHW_COLUMNS_TO_HWIO = permutation("OIHW", "HWIO")
+CHW_ROWS_TO_HWIO = permutation("IHWO", "HWIO")
+HWC_COLUMNS_TO_HWIO = permutation("OHWI", "HWIO")
 
 
 def to_fcn(graph: SourceGraph, *, channel_order: ChannelOrder | None = None) -> FCN:

@@ -27,6 +27,12 @@ class MismatchError(VggfcnError):
     """A verification ran and found the networks differ (`convert --verify`)."""
 
 
+class AssumptionWarning(UserWarning):
+    """What was assumed about a file because it does not record it (a config-less file's
+    input size and activations): a warning, not an error. Its message is one line; the
+    command line prints it as a note on stderr, even with --quiet, and lists it in --json."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of a third-party error's text (h5py's run to many), or its type's name."""
     lines = str(error).strip().splitlines()

@@ -12,12 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .arch import PLANS, STRIDE
+from .arch import STRIDE, name_of
+from .errors import ArchitectureError
 from .graph import ChannelOrder, OutputActivation, Preprocessing
 from .tensor import Tensor
-
-#: Storage precisions of a converted file (see `precision`).
-Precision = str
 
 
 def head_name(index: int) -> str:
@@ -42,6 +40,29 @@ class ConvLayer:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """How a converted file holds its network: what `convert` wrote and `inspect` reports.
+
+    Attributes:
+        format: the output format ("safetensors", "onnx", "keras"; `formats.outputs`), or
+            "memory" for a network compiled and not written.
+        layout: its kernels' layout, "HWIO" or "OIHW" (`layouts`).
+        names: its tensor or layer names: "vggfcn", "torch" or "ssd" (safetensors), or
+            "source" (the source's own layer names, made valid in the format).
+        dtype: its weights' precision (`precision.PRECISIONS`).
+    """
+
+    format: str = "memory"
+    layout: str = "HWIO"
+    names: str = "vggfcn"
+    dtype: str = "float32"
+
+    def __str__(self) -> str:
+        """ "onnx: OIHW kernels, source names, float32" """
+        return f"{self.format}: {self.layout} kernels, {self.names} names, {self.dtype}"
+
+
+@dataclass(frozen=True)
 class FCNInfo:
     """What is known about an FCN beyond its layers: where it came from and how to feed it.
 
@@ -51,9 +72,7 @@ class FCNInfo:
         input_size: (H, W) the original classifier was built for.
         output_activation: what the original applied to its logits.
         batch_norm: "none", or how the original's batch norms were folded ("folded (eps=…)").
-        precision: storage dtype of the weights: "float32", "float16" or "bfloat16".
-        stored_as: the file format holding it ("vggfcn-safetensors v1 hwio vggfcn float32"),
-            or "memory" when compiled and not written.
+        storage: how the file holding it stores it (`Storage`).
         head: "classifier" (the original's head, convolutional), or "reduced" (SSD/DeepLab's
             decimated fc6/fc7: a backbone initialisation, not the classifier; see `reduce`).
     """
@@ -65,9 +84,13 @@ class FCNInfo:
     channel_order: ChannelOrder = "unknown"
     preprocessing: Preprocessing = "unknown"
     batch_norm: str = "none"
-    precision: Precision = "float32"
-    stored_as: str = "memory"
+    storage: Storage = Storage()
     head: Literal["classifier", "reduced"] = "classifier"
+
+    @property
+    def precision(self) -> str:
+        """The weights' storage dtype, which sets `verify`'s default tolerance."""
+        return self.storage.dtype
 
 
 @dataclass(frozen=True)
@@ -86,7 +109,7 @@ class FCN:
     @property
     def name(self) -> str:
         """The family member ("vgg16"), from the convolutions per block."""
-        return next((n for n, p in PLANS.items() if p == self.plan), "vgg")
+        return name_of(self.plan) or "vgg"
 
     @property
     def layers(self) -> tuple[ConvLayer, ...]:
@@ -126,3 +149,30 @@ class FCN:
         widths = [layer.out_channels for layer in self.trunk]
         head = [(*layer.kernel.shape[:2], layer.out_channels) for layer in self.head]
         return f"{self.name} convs {widths} head {head}"
+
+
+def check_shapes(fcn: FCN) -> None:
+    """Every kernel and bias of an FCN against the chain of widths, all problems at once: what
+    each reader of a converted file checks before handing the network out.
+
+    Raises:
+        ArchitectureError: a kernel or bias of the wrong shape.
+    """
+    problems = []
+    channels = (
+        fcn.trunk[0].kernel.shape[2] if fcn.trunk and len(fcn.trunk[0].kernel.shape) == 4 else 3
+    )
+    for i, layer in enumerate(fcn.layers):
+        shape = layer.kernel.shape
+        out = layer.bias.shape[0] if len(layer.bias.shape) == 1 else -1
+        if i < len(fcn.trunk):
+            want: tuple[int, ...] = (3, 3, channels, out)
+        elif len(shape) == 4:
+            want = (shape[0], shape[1], channels, out)
+        else:
+            want = (1, 1, channels, out)
+        if shape != want:
+            problems.append(f"{layer.source_name} kernel has shape {shape}, expected {want}")
+        channels = out
+    if problems:
+        raise ArchitectureError(f"{fcn.path}: not a {fcn.name} FCN: " + "; ".join(problems))

@@ -22,11 +22,9 @@ import numpy as np
 
 from .errors import ArchitectureError
 from .graph import Activation, BatchNorm, Conv, Dense, Dropout, Op, Weighted
-from .tensor import F32, Tensor
-
-#: Which axis of a kernel holds its outputs and which its inputs, by layout.
-_OUT_AXIS = {"HWIO": 3, "OIHW": 0, "IO": 1, "OI": 0}
-_IN_AXIS = {"HWIO": 2, "OIHW": 1, "IO": 0, "OI": 1}
+from .layouts import in_axis, out_axis
+from .precision import F32
+from .tensor import Tensor
 
 
 def fold_batch_norms(ops: tuple[Op, ...], path: str) -> tuple[tuple[Op, ...], tuple[float, ...]]:
@@ -99,17 +97,17 @@ def _bias(op: Weighted, width: int) -> np.ndarray:
 
 def _fold_after(op: Weighted, norm: BatchNorm) -> Weighted:
     scale, shift = _affine(norm)
-    kernel = _scaled(op.kernel, scale, _OUT_AXIS[op.layout])
+    kernel = _scaled(op.kernel, scale, out_axis(op.layout))
     bias = (_bias(op, scale.size) * scale + shift).astype(F32)
     return _with(op, kernel, Tensor.wrap(bias, f"{op.bias.where if op.bias else op.name}+bn"))
 
 
 def _fold_before(norm: BatchNorm, op: Weighted) -> Weighted:
     scale, shift = _affine(norm)
-    axis = _IN_AXIS[op.layout]
+    axis = in_axis(op.layout)
     kernel = _scaled(op.kernel, scale, axis)
-    width = op.kernel.shape[_OUT_AXIS[op.layout]]
-    source = _ShiftedBias(op.kernel, _bias(op, width), shift, axis, _OUT_AXIS[op.layout])
+    width = op.kernel.shape[out_axis(op.layout)]
+    source = _ShiftedBias(op.kernel, _bias(op, width), shift, axis, out_axis(op.layout))
     return _with(op, kernel, Tensor.wrap(source, f"{op.kernel.where}+bn bias"))
 
 

@@ -17,7 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .arch import STRIDE
 from .errors import VggfcnError
 from .fcn import FCN, ConvLayer
-from .tensor import F32
+from .precision import F32
 
 #: Patch matrices up to this size are built whole (im2col, one GEMM): the first layer (27
 #: columns), the last blocks, and the 7x7 head, whose huge kernel must be read once, not per tap.

@@ -16,18 +16,23 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from .layouts import DenseLayout, KernelLayout
 from .tensor import Tensor
 
-#: How a file stores a convolution kernel: Keras/TensorFlow HWIO, PyTorch/Caffe OIHW.
-KernelLayout = Literal["HWIO", "OIHW"]
-#: How a file stores a dense kernel: Keras (in, out) "IO", PyTorch/Caffe (out, in) "OI".
-DenseLayout = Literal["IO", "OI"]
 #: The order in which a flatten reads a (H, W, C) volume: channels-last HWC, channels-first CHW.
 FlattenOrder = Literal["HWC", "CHW"]
 #: Activations between layers that the FCN can carry as they are.
 ActivationKind = Literal["relu", "linear"]
 #: What the file applies to its logits; the FCN outputs logits and records this.
 OutputActivation = Literal["softmax", "sigmoid", "linear", "unknown"]
+#: Whether an output activation is a softmax, as reports and metadata say it: "yes", "no" or
+#: "unknown" (a file that does not record its output activation).
+SOFTMAX_APPLIED: dict[OutputActivation, str] = {
+    "softmax": "yes",
+    "linear": "no",
+    "sigmoid": "no",
+    "unknown": "unknown",
+}
 ChannelOrder = Literal["rgb", "bgr", "unknown"]
 #: "caffe": BGR, 0-255 minus the ImageNet BGR means; "torch": RGB /255, ImageNet mean and std.
 Preprocessing = Literal["caffe", "torch", "unknown"]
@@ -132,13 +137,23 @@ class InputSpec:
 class Provenance:
     """Where a graph came from: the file, its container format and the writer's layout in it.
 
-    `notes` say what the reader had to assume because the file does not record it.
+    Attributes:
+        notes: what the reader had to assume about layers the file describes only in part
+            (Caffe layers without their parameters).
+        recorded: whether the file records the network's structure (a model config, a graph,
+            a net definition). Files of weights alone (Keras weight files, state dicts) do not:
+            the structure is the VGG family's and what the names imply.
+        assumed: for those, what sits between the layers that no weight shows ("ReLU between
+            dense layers"): said to the user when the head is not the stock one
+            (`shapes.assumptions`).
     """
 
     path: str
     format: str  # "keras-h5", "keras-archive", "pytorch-zip", "safetensors", "npy", ...
     generation: str  # "keras1", "keras3-weights", "torchvision", "timm", "tensorflow-vgg", ...
     notes: tuple[str, ...] = ()
+    recorded: bool = True
+    assumed: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

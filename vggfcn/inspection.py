@@ -2,23 +2,77 @@
 
 For a classifier, the source graph op by op — layer, class, shapes in the file's own layout —
 with what the file says (or does not say) about its input and output. For a converted network,
-its convolutions. A JSON-ready dict either way; the CLI prints it.
+its convolutions as the file stores them (layout, names, dtype). A `Report` either way; the
+command line prints it, or its `as_dict()` as JSON.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from .arch import PLANS
+from .arch import name_of
 from .fcn import FCN
-from .graph import BatchNorm, Conv, Dense, Flatten, SourceGraph
+from .graph import SOFTMAX_APPLIED, BatchNorm, Conv, Dense, Flatten, SourceGraph
+from .layouts import out_axis, shape_in, sizes_of
 from .shapes import block_plan
 from .tensor import Tensor
 
-_SOFTMAX = {"softmax": "yes", "linear": "no", "sigmoid": "no", "unknown": "unknown"}
+
+@dataclass(frozen=True)
+class Report:
+    """What a file holds.
+
+    Attributes:
+        file: the file inspected.
+        format, generation: its container and writer ("keras-h5", "keras1"); for a converted
+            file, the output format ("onnx") and the source's "format/generation".
+        layout, names, dtype: how a converted file stores its network ("" for a classifier,
+            whose layouts are per layer).
+        head: "dense" or "convolutional".
+        input_size: (H, W) the classifier was built for, and `input_size_from` how that is
+            known ("file", "fan-in", "option", "default").
+        window: the pool5 window each output cell sees (converted files; None otherwise).
+        notes: what the reader assumed because the file does not record it.
+        layers: one JSON-ready row per op (or per convolution of a converted network).
+    """
+
+    file: str
+    format: str
+    generation: str
+    layout: str
+    names: str
+    dtype: str
+    arch: str
+    head: str
+    classes: int
+    parameters: int
+    input_size: tuple[int, int] | None
+    input_size_from: str
+    window: tuple[int, int] | None
+    channel_order: str
+    preprocessing: str
+    flatten_order: str
+    output_activation: str
+    softmax: str
+    batch_norm: str
+    notes: tuple[str, ...]
+    layers: tuple[dict[str, Any], ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: tuples as lists."""
+        return _lists(asdict(self))  # type: ignore[no-any-return]
 
 
-def describe(network: SourceGraph | FCN) -> dict[str, object]:
+def _lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
+
+
+def describe(network: SourceGraph | FCN) -> Report:
     """The `inspect` report of a source graph or a converted network."""
     if isinstance(network, FCN):
         return _describe_fcn(network)
@@ -29,8 +83,8 @@ def _dtype(tensor: Tensor) -> str:
     return str(getattr(tensor.source, "storage", tensor.source.dtype))
 
 
-def _describe_graph(graph: SourceGraph) -> dict[str, object]:
-    layers: list[dict[str, object]] = []
+def _describe_graph(graph: SourceGraph) -> Report:
+    layers: list[dict[str, Any]] = []
     total = 0
     for op in graph.ops:
         row: dict[str, Any] = {"name": op.name, "class": type(op).__name__}
@@ -56,69 +110,75 @@ def _describe_graph(graph: SourceGraph) -> dict[str, object]:
     trunk, _ = graph.split()
     plan = block_plan(trunk)
     flatten = next((op.order for op in graph.ops if isinstance(op, Flatten)), "none")
-    size = graph.input.size
-    return {
-        "file": graph.path,
-        "format": graph.provenance.format,
-        "generation": graph.provenance.generation,
-        "arch": next((n for n, p in PLANS.items() if p == plan), "vgg"),
-        "head": "dense" if any(isinstance(op, Dense) for op in graph.ops) else "convolutional",
-        "classes": _classes(graph),
-        "input_size": list(size) if size else None,
-        "input_size_from": graph.input.size_from,
-        "channel_order": graph.input.channel_order,
-        "preprocessing": graph.input.preprocessing,
-        "flatten_order": flatten,
-        "output_activation": graph.output_activation,
-        "softmax": _SOFTMAX[graph.output_activation],
-        "batch_norm": "yes" if any(isinstance(op, BatchNorm) for op in graph.ops) else "none",
-        "shapes": "as stored in the file (layout per layer)",
-        "notes": list(graph.provenance.notes),
-        "parameters": total,
-        "layers": layers,
-    }
+    return Report(
+        file=graph.path,
+        format=graph.provenance.format,
+        generation=graph.provenance.generation,
+        layout="",
+        names="",
+        dtype="",
+        arch=name_of(plan) or "vgg",
+        head="dense" if any(isinstance(op, Dense) for op in graph.ops) else "convolutional",
+        classes=_classes(graph),
+        parameters=total,
+        input_size=graph.input.size,
+        input_size_from=graph.input.size_from,
+        window=None,
+        channel_order=graph.input.channel_order,
+        preprocessing=graph.input.preprocessing,
+        flatten_order=flatten,
+        output_activation=graph.output_activation,
+        softmax=SOFTMAX_APPLIED[graph.output_activation],
+        batch_norm="yes" if any(isinstance(op, BatchNorm) for op in graph.ops) else "none",
+        notes=graph.provenance.notes,
+        layers=tuple(layers),
+    )
 
 
 def _classes(graph: SourceGraph) -> int:
     last = [op for op in graph.ops if isinstance(op, Conv | Dense)][-1]
     shape = last.kernel.shape
-    return int(shape[-1] if last.layout in ("HWIO", "IO") else shape[0])
+    return int(shape[out_axis(last.layout)])
 
 
-def _describe_fcn(fcn: FCN) -> dict[str, object]:
+def _describe_fcn(fcn: FCN) -> Report:
+    storage = fcn.info.storage
     layers = []
     for layer in fcn.layers:
         shape = layer.kernel.shape
         layers.append(
             {
-                "name": layer.name,
+                "name": layer.source_name,
                 "class": f"conv{shape[0]}x{shape[1]}",
-                "kernel_shape": list(shape),
+                "kernel_shape": list(shape_in(storage.layout, sizes_of("HWIO", shape))),
+                "layout": storage.layout,
                 "bias_shape": list(layer.bias.shape),
                 "activation": "relu" if layer.relu else "linear",
                 "dtype": _dtype(layer.kernel),
                 "parameters": layer.kernel.size + layer.bias.size,
-                "source_name": layer.source_name,
             }
         )
     info = fcn.info
-    return {
-        "file": fcn.path,
-        "format": info.stored_as,
-        "generation": info.source_format,
-        "arch": fcn.name,
-        "head": "convolutional",
-        "classes": fcn.classes,
-        "input_size": list(info.input_size),
-        "window": list(fcn.window),
-        "channel_order": info.channel_order,
-        "preprocessing": info.preprocessing,
-        "flatten_order": "resolved (convolutional head)",
-        "output_activation": info.output_activation,
-        "softmax": _SOFTMAX[info.output_activation],
-        "batch_norm": info.batch_norm,
-        "shapes": "HWIO",
-        "notes": [],
-        "parameters": fcn.parameter_count(),
-        "layers": layers,
-    }
+    return Report(
+        file=fcn.path,
+        format=storage.format,
+        generation=info.source_format,
+        layout=storage.layout,
+        names=storage.names,
+        dtype=storage.dtype,
+        arch=fcn.name,
+        head="convolutional",
+        classes=fcn.classes,
+        parameters=fcn.parameter_count(),
+        input_size=info.input_size,
+        input_size_from="file",
+        window=fcn.window,
+        channel_order=info.channel_order,
+        preprocessing=info.preprocessing,
+        flatten_order="resolved (convolutional head)",
+        output_activation=info.output_activation,
+        softmax=SOFTMAX_APPLIED[info.output_activation],
+        batch_norm=info.batch_norm,
+        notes=(),
+        layers=tuple(layers),
+    )

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .precision import F32
+
 #: Exported names of `cblas_somatcopy` in the ILP64 builds NumPy wheels ship (64-bit integer
 #: arguments): NumPy 2's scipy-openblas64, then NumPy 1.22-1.26's openblas64_.
 _SYMBOLS = ("scipy_cblas_somatcopy64_", "cblas_somatcopy64_")
@@ -29,7 +31,6 @@ _LIBRARIES = ("../numpy.libs/*openblas*", ".dylibs/*openblas*")
 _ROW_MAJOR, _TRANS = 101, 112  # CBLAS_ORDER.CblasRowMajor, CBLAS_TRANSPOSE.CblasTrans
 _ARGS = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_float]
 _ARGS += [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
-F32 = np.dtype("<f4")
 
 
 def transpose(a: np.ndarray, out: np.ndarray) -> bool:

@@ -2,8 +2,10 @@
 
 This is what `verify` trusts, so it shares nothing with what it judges but the convolution GEMM
 (`forward.conv2d`, itself tested against a direct loop): no reader's normalisation, nothing of
-compile. Activations are channels-last arrays; whatever a file stores otherwise, the referee
-handles with its own few lines, written as the framework defines the op:
+compile, and on purpose not the project's one table of axis permutations (`layouts`): its
+independence is the point, so it spells out its axis handling itself. Activations are
+channels-last arrays; whatever a file stores otherwise, the referee handles with its own few
+lines, written as the framework defines the op:
 
 - an OIHW kernel is transposed to HWIO here, right before it is used;
 - a channels-first (CHW) flatten really flattens C, H, W: the volume is transposed first;
@@ -19,7 +21,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import forward
-from .errors import ArchitectureError
 from .graph import (
     Activation,
     BatchNorm,
@@ -32,7 +33,7 @@ from .graph import (
     Op,
     SourceGraph,
 )
-from .tensor import F32
+from .precision import F32
 
 
 def pool5(graph: SourceGraph, images: np.ndarray, scratch: forward.Scratch) -> np.ndarray:
@@ -66,51 +67,6 @@ def trunk_kernels(graph: SourceGraph) -> list[tuple[np.ndarray, np.ndarray]] | N
         elif not isinstance(op, MaxPool) and not (isinstance(op, Activation) and op.kind == "relu"):
             return None
     return layers
-
-
-def head_kernels(graph: SourceGraph) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each layer of the head as (out, in, kh, kw) kernel and bias: what its op computes on
-    pool5, written as a convolution by the referee's own reading of the file's conventions.
-
-    A dense layer after a flatten reads the (p, p, C) pool5 window in the flatten's order; one
-    after another dense layer is 1x1; a convolution is itself. Used to check a reduced head
-    value by value (`verify_reduced`), never to compute logits.
-
-    Raises:
-        ArchitectureError: a head with anything but flatten, dense and convolution layers
-            (a global average pool has no fc6 kernel to decimate).
-    """
-    trunk, head = graph.split()
-    convs = [op for op in trunk if isinstance(op, Conv)]
-    last = convs[-1].kernel.shape
-    channels = last[3] if convs[-1].layout == "HWIO" else last[0]
-    size = graph.input.size or (224, 224)
-    p, q = (side // 2 ** sum(isinstance(op, MaxPool) for op in trunk) for side in size)
-    order = None  # the flatten order, until a dense layer consumes it
-    out = []
-    for op in head:
-        if isinstance(op, Flatten):
-            order = op.order
-        elif isinstance(op, GlobalAvgPool):
-            raise ArchitectureError(
-                f"{graph.path}: {op.name}: a global average pool's head has no fc6 kernel"
-            )
-        elif isinstance(op, Conv | Dense):
-            out.append((_as_oihw(op, order, p, q, channels), op.bias.read() if op.bias else None))
-            order = None
-    return [(k, b if b is not None else np.zeros(k.shape[0], F32)) for k, b in out]
-
-
-def _as_oihw(op: Conv | Dense, order: str | None, p: int, q: int, channels: int) -> np.ndarray:
-    kernel = op.kernel.read()
-    if isinstance(op, Conv):
-        return kernel if op.layout == "OIHW" else kernel.transpose(3, 2, 0, 1)
-    rows = kernel if op.layout == "OI" else kernel.T  # (out, in): one row per output
-    if order == "CHW":
-        return rows.reshape(-1, channels, p, q)
-    if order == "HWC":
-        return rows.reshape(-1, p, q, channels).transpose(0, 3, 1, 2)
-    return rows[:, :, None, None]
 
 
 def _run(ops: Sequence[Op], x: np.ndarray, scratch: forward.Scratch) -> np.ndarray:

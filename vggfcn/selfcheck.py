@@ -14,8 +14,9 @@ import numpy as np
 from . import forward
 from .convert import to_fcn
 from .fcn import FCN
+from .precision import F32
 from .synthetic import TINY, random_classifier
-from .tensor import F32, Tensor
+from .tensor import Tensor
 from .verify import verify
 
 

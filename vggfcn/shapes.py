@@ -9,14 +9,16 @@ dense layer's inputs (a flattened p x p x C pool5 has p*p*C of them), else VGG's
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
-from .arch import MIN_INPUT, PLANS, STRIDE, family_counts
+from .arch import MIN_INPUT, POOL5_SIZE, STRIDE, family_counts, name_of
 from .errors import ArchitectureError
 from .graph import (
     BatchNorm,
     Conv,
     Dense,
+    Dropout,
     Flatten,
     GlobalAvgPool,
     MaxPool,
@@ -25,6 +27,7 @@ from .graph import (
     Weighted,
     pool5_side,
 )
+from .layouts import out_axis, shape_in, sizes_of
 
 
 def checked(graph: SourceGraph, input_size: tuple[int, int] | None = None) -> SourceGraph:
@@ -42,7 +45,7 @@ def checked(graph: SourceGraph, input_size: tuple[int, int] | None = None) -> So
     if not convs:
         raise ArchitectureError(f"{path}: no convolution layers found; is this a VGG checkpoint?")
     plan = block_plan(trunk)
-    name = next((n for n, p in PLANS.items() if p == plan), None)
+    name = name_of(plan)
     if name is None:
         counts = family_counts()
         raise ArchitectureError(
@@ -79,21 +82,23 @@ def block_plan(trunk: Sequence[Op]) -> tuple[int, ...]:
 
 def in_out(op: Weighted) -> tuple[int, int] | None:
     """(inputs, outputs) of a kernel as its layout stores them; None for the wrong rank."""
-    shape = op.kernel.shape
-    if isinstance(op, Conv):
-        if len(shape) != 4:
-            return None
-        return (shape[2], shape[3]) if op.layout == "HWIO" else (shape[1], shape[0])
-    if len(shape) != 2:
+    if len(op.kernel.shape) != len(op.layout):
         return None
-    return (shape[0], shape[1]) if op.layout == "IO" else (shape[1], shape[0])
+    sizes = sizes_of(op.layout, op.kernel.shape)
+    return sizes["I"], sizes["O"]
 
 
 def kernel_shape(op: Weighted, kh: int, kw: int, cin: int, cout: int) -> tuple[int, ...]:
     """The shape `op`'s kernel must have, in its own layout, for these sizes."""
-    if isinstance(op, Conv):
-        return (kh, kw, cin, cout) if op.layout == "HWIO" else (cout, cin, kh, kw)
-    return (cin, cout) if op.layout == "IO" else (cout, cin)
+    return shape_in(op.layout, {"H": kh, "W": kw, "I": cin, "O": cout})
+
+
+def spatial(op: Conv) -> tuple[int, int] | None:
+    """(kh, kw) of a convolution's kernel in its own layout; None for the wrong rank."""
+    if len(op.kernel.shape) != len(op.layout):
+        return None
+    sizes = sizes_of(op.layout, op.kernel.shape)
+    return sizes["H"], sizes["W"]
 
 
 def _width(op: Weighted, following: Weighted | None) -> int:
@@ -119,7 +124,7 @@ def _width(op: Weighted, following: Weighted | None) -> int:
 def _check_weighted(op: Weighted, want: tuple[int, ...], problems: list[str]) -> None:
     if op.kernel.shape != want:
         problems.append(f"{op.name} kernel has shape {op.kernel.shape}, expected {want}")
-    width = want[-1] if op.layout in ("HWIO", "IO") else want[0]
+    width = want[out_axis(op.layout)]
     if op.bias is not None and op.bias.shape != (width,):
         problems.append(f"{op.name} bias has shape {op.bias.shape}, expected ({width},)")
 
@@ -170,7 +175,7 @@ def _input_size(
         elif isinstance(op, GlobalAvgPool):
             break
         elif isinstance(op, Conv):
-            kh, kw = (op.kernel.shape[:2] if op.layout == "HWIO" else op.kernel.shape[2:])[:2]
+            kh, kw = spatial(op) or (POOL5_SIZE, POOL5_SIZE)
             return (kh * STRIDE, kw * STRIDE), "fan-in"
         elif isinstance(op, Dense):
             dims = in_out(op)
@@ -196,10 +201,7 @@ def _check_head(
         if isinstance(op, Conv):
             if op.padding != "valid":
                 problems.append(f"{op.name} pads '{op.padding}'; head convolutions are 'valid'")
-            shape = op.kernel.shape
-            kh, kw = (
-                (shape[:2] if op.layout == "HWIO" else shape[2:]) if len(shape) == 4 else (h, w)
-            )
+            kh, kw = spatial(op) or (h, w)
             out = _width(op, next(following))
             if mode != "map":
                 problems.append(f"{op.name} is a convolution after the volume was flattened")
@@ -234,3 +236,47 @@ def _check_head(
         problems.append("the head ends in a flatten, without a dense layer after it")
     elif (h, w) != (1, 1):
         problems.append(f"the head ends in a {h}x{w} map, not one vector of logits")
+
+
+def assumptions(graph: SourceGraph) -> tuple[str, ...]:
+    """What was assumed about a checked graph that its file does not record, as one line for
+    the user; nothing when the file records its structure or holds the stock head.
+
+    Files of weights alone (Keras weight files, state dicts) are converted as the VGG family
+    and their names imply, which is right for the stock classifier and for the fine-tuned
+    models people save that way — but for a head of another size or depth, the input size and
+    the activations between layers are guesses, and a guess must not be silent:
+
+        vgg.weights.h5 has no model config; assuming a 192x192 input (fc1 reads 6x6x512),
+        ReLU between dense layers and logits from the last (256 outputs); --input-size overrides
+    """
+    provenance, size = graph.provenance, graph.input.size
+    trunk, head = graph.split()
+    weighted = [op for op in head if isinstance(op, Weighted)]
+    if provenance.recorded or size is None or not weighted:
+        return ()
+    averaged_first = next((isinstance(op, GlobalAvgPool) for op in head if not _inert(op)), False)
+    stock = size == (MIN_INPUT, MIN_INPUT) and len(weighted) == 3 and not averaged_first
+    if stock:
+        return ()
+    pools = [op for op in trunk if isinstance(op, MaxPool)]
+    p, q = pool5_side(size[0], pools), pool5_side(size[1], pools)
+    channels = _check_trunk(trunk, graph.input.channels, [])
+    parts = []
+    if graph.input.size_from == "fan-in":
+        reads = f"{weighted[0].name} reads {p}x{q}x{channels}"
+        parts.append(f"a {size[0]}x{size[1]} input ({reads})")
+    elif graph.input.size_from == "default":
+        parts.append(f"a {size[0]}x{size[1]} input (the default: a global pool reads any size)")
+    parts += provenance.assumed
+    last = in_out(weighted[-1])
+    parts.append(f"logits from the last ({last[1] if last else '?'} outputs)")
+    said = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    overrides = "; --input-size overrides" if graph.input.size_from in ("fan-in", "default") else ""
+    name = os.path.basename(provenance.path)
+    return (f"{name} has no model config; assuming {said}{overrides}",)
+
+
+def _inert(op: Op) -> bool:
+    """Ops between pool5 and the head's first real op that change nothing."""
+    return isinstance(op, Dropout)

@@ -16,30 +16,24 @@ logits are 0.1 and one whose logits are 300.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import forward, referee
+from . import forward, referee, trunks
 from .arch import STRIDE
 from .errors import ArchitectureError, VggfcnError
 from .fcn import FCN
 from .graph import Conv, Dense, MaxPool, OutputActivation, SourceGraph, pool5_side
-from .precision import from_bfloat16_bits, to_bfloat16_bits
+from .precision import PRECISIONS
+from .reduced_check import ReducedResult, verify_reduced
 from .shapes import block_plan, in_out
-from .tensor import Tensor
 
-#: float32 sums of up to 25 088 products, in a different order, drift by ~1e-6 of the scale;
-#: a wrong flatten order is off by O(1). 1e-4 sits two decades above the first and four
-#: below the second.
-ATOL = 1e-4
-RTOL = 1e-4
-#: (atol, rtol) by the converted file's precision. Rounding every weight to float16 (relative
-#: error <= 2^-11) or bfloat16 (<= 2^-8) moves the logits by about that much of the scale, so
-#: each tolerance sits a few times above what a correct half-precision conversion measures
-#: (README: Precision) while a wrong flatten order stays far outside all of them.
-TOLERANCES = {"float32": (ATOL, RTOL), "float16": (3e-3, 3e-3), "bfloat16": (2.5e-2, 2.5e-2)}
+if TYPE_CHECKING:
+    from typing import Unpack
+
 #: Inputs span the range of Keras "caffe"-preprocessed pixels (mean-subtracted BGR, about +-128).
 PIXEL_RANGE = 128.0
 
@@ -107,20 +101,48 @@ def default_sizes(original: SourceGraph) -> tuple[int, ...]:
     return ((window + 2) * STRIDE,)
 
 
+class Options(TypedDict, total=False):
+    """What a proof may be asked to do differently; every key is optional (defaults in
+    `verify`'s docstring). One definition for `verify`, `prove` and `api.verify_files`."""
+
+    images: int
+    probes: int
+    sizes: Sequence[int] | None
+    seed: int
+    atol: float | None
+    rtol: float | None
+
+
+def prove(
+    original: SourceGraph | FCN, converted: SourceGraph | FCN, **options: Unpack[Options]
+) -> VerifyResult | ReducedResult:
+    """The proof a converted file needs: `verify` for a converted classifier, `verify_reduced`
+    for a reduced head (a backbone initialisation, checked value by value).
+
+    Raises:
+        ArchitectureError: the pair is not an original classifier and a converted network.
+    """
+    if not isinstance(original, SourceGraph) or not isinstance(converted, FCN):
+        raise _not_a_pair(original, converted)
+    if converted.info.head == "reduced":
+        return verify_reduced(original, converted)
+    return verify(original, converted, **options)
+
+
+def _not_a_pair(original: object, converted: object) -> ArchitectureError:
+    """The error for anything but the original classifier first and the converted network
+    second, naming both files."""
+    paths = ", ".join(getattr(n, "path", type(n).__name__) for n in (original, converted))
+    return ArchitectureError(
+        f"{paths}: expected the original classifier first and the converted "
+        "(fully-convolutional) network second"
+    )
+
+
 # A non-finite reference is reported as one clear error (`_require_finite`) and a non-finite
 # candidate fails the comparison: NumPy's RuntimeWarnings on the way there would be noise.
 @np.errstate(over="ignore", invalid="ignore")
-def verify(
-    original: SourceGraph,
-    converted: FCN,
-    *,
-    images: int = 1,
-    probes: int = 8,
-    sizes: Sequence[int] | None = None,
-    seed: int = 0,
-    atol: float | None = None,
-    rtol: float | None = None,
-) -> VerifyResult:
+def verify(original: SourceGraph, converted: FCN, **options: Unpack[Options]) -> VerifyResult:
     """Compare the original classifier and the converted network.
 
     At the input size the original was built for, the two must give the same logits. At each
@@ -131,28 +153,34 @@ def verify(
     Args:
         original: the classifier's source graph, checked (`formats.load` gives one).
         converted: the fully-convolutional network, as read from the converted file.
-        images: deterministic inputs run through both whole networks.
-        probes: extra random pool5 volumes run through both heads.
-        sizes: square input sides for the spatial check (those above the native size count).
-        seed: seed of the images and probes.
-        atol, rtol: the tolerance rule in the module docstring; by default the converted
-            network's precision picks them (`TOLERANCES`).
+        options: `images` (1): deterministic inputs run through both whole networks;
+            `probes` (8): extra random pool5 volumes run through both heads; `sizes` (the side
+            that gives a 3x3 map): square input sides for the spatial check (those above the
+            native size count); `seed` (0): seed of the images and probes; `atol`, `rtol`: the
+            tolerance rule in the module docstring, by default the converted network's
+            precision's (`precision.PRECISIONS`).
 
     Raises:
         ArchitectureError: the two are not the same architecture, or the original's
             activations are not finite.
     """
-    native = _check_pair(original, converted)
-    default_atol, default_rtol = TOLERANCES.get(converted.info.precision, (ATOL, RTOL))
+    native = _check_architectures(original, converted)
+    images, probes, seed = (
+        options.get("images", 1),
+        options.get("probes", 8),
+        options.get("seed", 0),
+    )
+    default_atol, default_rtol = PRECISIONS[_precision(converted)].tolerance
+    atol = options.get("atol")
+    rtol = options.get("rtol")
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
     window = _window(original)
-    big_sizes = _spatial_sizes(original, native, sizes)
+    big_sizes = _spatial_sizes(original, native, options.get("sizes"))
     channels = original.input.channels
     inputs = [sample_images(1, seed, s, channels) for s in reversed(big_sizes)]  # largest first
     inputs.append(sample_images(images, seed, native, channels))
-    flip = _flipped(original, converted)
-    shared, (*big_pool5s, (pool5, fcn_pool5)) = _pool5s(original, converted, inputs, flip)
+    shared, (*big_pool5s, (pool5, fcn_pool5)) = trunks.pool5s(original, converted, inputs)
     _require_finite(pool5, original)
     # Probes: random non-negative pool5 volumes on the activations' scale, through both heads.
     # Cheap (no trunk), and they reach the fc6 weights that one image's zero activations hide.
@@ -219,37 +247,6 @@ def _spatial_sizes(
     return sorted({s for s in sizes if s > max(native)})
 
 
-def _flipped(original: SourceGraph, converted: FCN) -> bool:
-    """Whether the converted network takes its input channels in the other order (`--rgb` /
-    `--bgr`): the original is then fed the same images with their channels flipped, which is
-    what proves the flip."""
-    theirs, ours = original.input.channel_order, converted.info.channel_order
-    return "unknown" not in (theirs, ours) and theirs != ours
-
-
-def _pool5s(
-    original: SourceGraph, converted: FCN, inputs: Sequence[np.ndarray], flip: bool
-) -> tuple[bool, list[tuple[np.ndarray, np.ndarray]]]:
-    """Whether the trunks are shared, and both networks' pool5 for each input.
-
-    Each trunk tensor is read from disk once: the trunks (a tenth of the model) are held in
-    memory for every input size, and dropped when this returns, before the heads map their
-    largest kernels; so are the buffers the passes share (largest input first, so later passes
-    fit in them). The trunk is the same function of the same weights in both networks when the
-    converted file holds, bit for bit, the trunk the referee reads from the original: then its
-    pool5 *is* the original's, computed once — running it again would prove nothing and double
-    the cost.
-    """
-    original, converted = _trunk_in_memory(original), _fcn_trunk_in_memory(converted)
-    shared = not flip and trunks_identical(original, converted)
-    scratch = forward.Scratch()
-    out = []
-    for x in inputs:
-        pool5 = referee.pool5(original, x[..., ::-1] if flip else x, scratch)
-        out.append((pool5, pool5 if shared else forward.trunk(converted, x, scratch)))
-    return shared, out
-
-
 def compare(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float) -> Agreement:
     """Apply the tolerance rule to (rows, classes) logits and measure top-k agreement."""
     error = np.abs(candidate.astype(np.float64) - reference)
@@ -278,22 +275,29 @@ def _require_finite(values: np.ndarray, network: SourceGraph) -> None:
         )
 
 
-def _window(original: SourceGraph) -> tuple[int, int]:
-    """The pool5 window the original's head reads, at the size it was built for."""
+def _precision(converted: FCN) -> str:
+    return converted.info.precision if converted.info.precision in PRECISIONS else "float32"
+
+
+def _native(original: SourceGraph) -> tuple[int, int]:
+    """The input size the original was built for (a checked graph always knows it)."""
     if original.input.size is None:
         raise ArchitectureError(f"{original.path}: input size unknown; check the graph first")
+    return original.input.size
+
+
+def _window(original: SourceGraph) -> tuple[int, int]:
+    """The pool5 window the original's head reads, at the size it was built for."""
+    h, w = _native(original)
     trunk, _ = original.split()
     pools = [op for op in trunk if isinstance(op, MaxPool)]
-    return pool5_side(original.input.size[0], pools), pool5_side(original.input.size[1], pools)
+    return pool5_side(h, pools), pool5_side(w, pools)
 
 
-def _check_pair(original: SourceGraph, converted: FCN) -> tuple[int, int]:
+def _check_architectures(original: SourceGraph, converted: FCN) -> tuple[int, int]:
     """The native input size, once the two are known to be the same architecture."""
     if not isinstance(original, SourceGraph) or not isinstance(converted, FCN):
-        raise ArchitectureError(
-            f"{original.path}, {converted.path}: expected the original classifier first and "
-            "the converted (fully-convolutional) network second"
-        )
+        raise _not_a_pair(original, converted)
     trunk, head = original.split()
     weighted = [op for op in original.ops if isinstance(op, Conv | Dense)]
     widths = [dims[1] for op in trunk if isinstance(op, Conv) and (dims := in_out(op))]
@@ -311,9 +315,7 @@ def _check_pair(original: SourceGraph, converted: FCN) -> tuple[int, int]:
             f"{converted.path}: converted network is {converted.describe()}, but the original "
             f"is {described}"
         )
-    size = original.input.size
-    assert size is not None  # _window checked it
-    return size
+    return _native(original)
 
 
 def pool5_probes(count: int, seed: int, pool5: np.ndarray) -> np.ndarray:
@@ -322,142 +324,6 @@ def pool5_probes(count: int, seed: int, pool5: np.ndarray) -> np.ndarray:
     high = float(pool5.max()) if pool5.size else 1.0
     shape = (count, *pool5.shape[1:])
     return rng.uniform(0.0, max(high, 1e-3), shape).astype(np.float32)
-
-
-def trunks_identical(original: SourceGraph, converted: FCN) -> bool:
-    """Whether the converted trunk is the original's, as the referee reads it: the same pools
-    and ReLUs, and equal tensors bit for bit (NaN payloads included). A trunk with batch norms
-    is never shared: a file that forgot to fold them must not borrow the original's pool5; nor
-    one whose pools round up (Caffe's), which the FCN's do not."""
-    kernels = referee.trunk_kernels(original)
-    trunk, _ = original.split()
-    if (
-        kernels is None
-        or any(isinstance(op, MaxPool) and op.ceil for op in trunk)
-        or block_plan(trunk) != converted.plan
-        or len(kernels) != len(converted.trunk)
-        or not all(layer.relu for layer in converted.trunk)
-    ):
-        return False
-    for (kernel, bias), layer in zip(kernels, converted.trunk, strict=True):
-        for ours, theirs in ((kernel, layer.kernel.read()), (bias, layer.bias.read())):
-            if ours.shape != theirs.shape or not np.array_equal(
-                ours.view(np.uint32), theirs.view(np.uint32)
-            ):
-                return False
-    return True
-
-
-def _trunk_in_memory(graph: SourceGraph) -> SourceGraph:
-    trunk, head = graph.split()
-    ops = tuple(
-        replace(op, kernel=_in_memory(op.kernel), bias=op.bias and _in_memory(op.bias))
-        if isinstance(op, Conv)
-        else op
-        for op in trunk
-    )
-    return replace(graph, ops=ops + head)
-
-
-def _fcn_trunk_in_memory(fcn: FCN) -> FCN:
-    trunk = tuple(
-        replace(layer, kernel=_in_memory(layer.kernel), bias=_in_memory(layer.bias))
-        for layer in fcn.trunk
-    )
-    return replace(fcn, trunk=trunk)
-
-
-def _in_memory(tensor: Tensor) -> Tensor:
-    """The tensor's values read once (in its own shape; the file's layout is kept)."""
-    return Tensor.wrap(tensor.read(), tensor.where)
-
-
-@dataclass(frozen=True)
-class LayerCheck:
-    """One layer of a reduced head against the original's values at the kept indices."""
-
-    name: str
-    compared: int  # values compared, kernel and bias
-    mismatched: int  # of those, how many differ in any bit
-
-
-@dataclass(frozen=True)
-class ReducedResult:
-    """`verify` of a reduced head: a backbone initialisation, proven value by value."""
-
-    arch: str
-    trunk_identical: bool
-    layers: tuple[LayerCheck, ...]
-    passed: bool
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-def verify_reduced(original: SourceGraph, converted: FCN) -> ReducedResult:
-    """A reduced head (`reduce`) is not the classifier, so no logits are compared: the trunk
-    must be bit-identical (conv1 flipped if the channel order was) and every kept value equal
-    the original's at its index — conv6 = W6[0::4, :, 0::3, 0::3], conv7 = W7[0::4, 0::4],
-    fc8 = W8[:, 0::4], biases b[0::4] — with fc6/fc7/fc8 as the referee reads them from the
-    original's own file.
-
-    Raises:
-        ArchitectureError: not a reduced head, or an original it cannot be compared with.
-    """
-    if converted.info.head != "reduced":
-        raise ArchitectureError(f"{converted.path}: not a reduced head")
-    kernels = referee.trunk_kernels(original)
-    trunk = kernels is not None and len(kernels) == len(converted.trunk)
-    if trunk and kernels is not None:
-        if _flipped(original, converted):
-            kernels[0] = (kernels[0][0][:, :, ::-1, :], kernels[0][1])
-        trunk = all(
-            _same_bits(k, layer.kernel.read()) and _same_bits(b, layer.bias.read())
-            for (k, b), layer in zip(kernels, converted.trunk, strict=True)
-        )
-    head = referee.head_kernels(original)
-    if len(head) != 3 or len(converted.head) > 3:
-        raise ArchitectureError(
-            f"{original.path}: has {len(head)} head layers; a reduced head comes from VGG16's 3"
-        )
-    rows, taps = slice(None, None, 4), slice(None, None, 3)
-    wanted = [
-        (head[0][0][rows, :, taps, taps], head[0][1][rows]),
-        (head[1][0][rows][:, rows], head[1][1][rows]),
-        (head[2][0][:, rows], head[2][1]),
-    ]
-    layers = []
-    precision = converted.info.precision
-    for layer, (kernel, bias) in zip(converted.head, wanted, strict=False):
-        ours = layer.kernel.read().transpose(3, 2, 0, 1)  # HWIO -> (out, in, kh, kw)
-        theirs = layer.bias.read()
-        bad = _mismatches(rounded(kernel, precision), ours)
-        bad += _mismatches(rounded(bias, precision), theirs)
-        layers.append(LayerCheck(layer.name, kernel.size + bias.size, bad))
-    passed = trunk and all(check.mismatched == 0 for check in layers)
-    return ReducedResult(converted.name, trunk, tuple(layers), passed)
-
-
-def rounded(values: np.ndarray, precision: str) -> np.ndarray:
-    """float32 values as a file of `precision` stores them (read back as float32)."""
-    if precision == "float16":
-        return np.asarray(values).astype(np.float16).astype(np.float32)
-    if precision == "bfloat16":
-        return from_bfloat16_bits(to_bfloat16_bits(np.asarray(values, np.float32)))
-    return np.asarray(values, np.float32)
-
-
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and bool(np.array_equal(a.view(np.uint32), b.view(np.uint32)))
-
-
-def _mismatches(expected: np.ndarray, got: np.ndarray) -> int:
-    """Values that differ in any bit (all of them when the shapes differ)."""
-    if expected.shape != got.shape:
-        return int(max(expected.size, got.size))
-    e = np.ascontiguousarray(expected).view(np.uint32)
-    g = np.ascontiguousarray(got).view(np.uint32)
-    return int(np.count_nonzero(e != g))
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -10,14 +10,15 @@ safetensors user does not pay h5py's start-up, nor an HDF5 user the zip and pick
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..errors import FormatError
+from ..errors import AssumptionWarning, FormatError
 from ..fcn import FCN
 from ..graph import SourceGraph
-from ..shapes import checked
+from ..shapes import assumptions, checked
 from . import detect
 
 Network = SourceGraph | FCN
@@ -36,8 +37,8 @@ READERS = (
     Reader("Keras HDF5", detect.is_hdf5, "keras_h5"),
     Reader("zip archive (PyTorch .pth, Keras .keras)", detect.is_zip, "archive"),
     Reader("tensorflow-vgg .npy", detect.is_npy, "npy_file"),
-    Reader("safetensors", detect.is_safetensors, "safetensors_io"),
-    Reader("vggfcn ONNX", detect.is_onnx, "onnx_file"),
+    Reader("safetensors", detect.is_safetensors, "safetensors_file"),
+    Reader("vggfcn ONNX", detect.is_onnx, "onnx_fcn"),
     Reader("Caffe .caffemodel", detect.is_caffemodel, "caffe"),
 )
 
@@ -56,6 +57,10 @@ def load(path: str, *, input_size: tuple[int, int] | None = None) -> Iterator[Ne
         ...     print(graph.provenance.label, graph.input.size)
         keras-h5/keras1 (224, 224)
 
+    Warns:
+        AssumptionWarning: a classifier whose file does not record its structure and whose
+            head is not the stock one: what was assumed (`shapes.assumptions`).
+
     Raises:
         FormatError, ArchitectureError: the file is not a VGG checkpoint we can read.
     """
@@ -66,6 +71,8 @@ def load(path: str, *, input_size: tuple[int, int] | None = None) -> Iterator[Ne
             with module.open(path) as network:
                 if isinstance(network, SourceGraph):
                     network = checked(network, input_size)
+                    for note in assumptions(network):
+                        warnings.warn(note, AssumptionWarning, stacklevel=3)
                 yield network
             return
     formats = ", ".join(r.name for r in READERS)

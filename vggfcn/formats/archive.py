@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from ..fcn import FCN
 from ..graph import SourceGraph
 from ..tensor import Tensor
-from .zip_member import ZIP_ERRORS
+from .zip_io import ZIP_ERRORS
 
 KERAS_MEMBERS = {"config.json", "model.weights.h5"}
 

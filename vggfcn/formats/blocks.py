@@ -15,7 +15,7 @@ from typing import BinaryIO, TypeVar
 import numpy as np
 
 from ..errors import FormatError
-from ..precision import DTYPES, encode
+from ..precision import PRECISIONS, encode
 from ..tensor import Tensor
 
 #: Bytes handed to the OS per write: large enough for full disk speed, small enough for memory.
@@ -59,7 +59,7 @@ def write_tensor(
     Raises:
         FormatError: the tensor holds NaN or Inf (unless allowed), naming it and the count.
     """
-    itemsize = DTYPES[dtype][1].itemsize
+    itemsize = PRECISIONS[dtype].storage.itemsize
     start = f.tell()
     f.flush()  # what the buffer holds goes before the positioned writes
     fd = f.fileno()

@@ -4,8 +4,10 @@ The archive is a zip of `metadata.json`, `config.json` (the model, as data) and
 `model.weights.h5` (the `.weights.h5` layout). Keras writes every member stored, uncompressed, so
 the HDF5 bytes are one range of the archive: h5py reads its structure through a file object over
 that range, and the weights are mapped straight from the archive (`region`), never extracted.
-A compressed member is inflated into memory, capped; the config is parsed as data and checked
-against the weights (`keras_model`): nothing in it is imported or run.
+A compressed member is inflated to a temporary file in bounded memory, refused when it declares
+far more than it compresses to (a zip bomb) or does not start as HDF5 does. The config is parsed
+as data and checked against the weights (`keras_config`, `keras_model`): nothing in it is
+imported or run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -22,15 +25,18 @@ from typing import BinaryIO
 from ..errors import FormatError
 from ..fcn import FCN
 from ..graph import SourceGraph
-from . import fcn_file, keras_fcn
+from . import fcn_metadata, keras_fcn
+from .detect import HDF5_MAGIC
+from .hdf5_fileobj import FileWindow
+from .keras_config import CONFIG_MAX_BYTES, parse_config
 from .keras_h5 import Maps, open_file, read_keras3
-from .keras_model import CONFIG_MAX_BYTES, parse_config
 from .pickle_scan import printable
-from .zip_member import ZIP_ERRORS, data_start, read_member, vetted_members
+from .zip_io import ZIP_ERRORS, data_start, inflate_to, read_member, vetted_members
 
 CONFIG = "config.json"
 WEIGHTS = "model.weights.h5"
-#: A compressed weights member is inflated into memory up to this size (VGG19 is 575 MB).
+#: A compressed weights member is inflated (to a temporary file) up to this size (VGG19 is
+#: 575 MB).
 INFLATE_MAX_BYTES = 2 << 30
 
 
@@ -45,39 +51,38 @@ def open(path: str) -> Iterator[SourceGraph | FCN]:  # noqa: A001 (the reader co
         ArchitectureError: the layers do not form a VGG classifier.
     """
     size = os.path.getsize(path)
-    try:
-        with zipfile.ZipFile(path) as z:
-            members = vetted_members(path, z.infolist(), size)
-            missing = [m for m in (CONFIG, WEIGHTS) if m not in members]
-            if missing:
-                raise FormatError(f"{path}: Keras archive without {', '.join(missing)}")
-            config = parse_config(
-                read_member(path, z, members[CONFIG], CONFIG_MAX_BYTES), f"{path}: {CONFIG}"
-            )
-            ours = _our_metadata(path, z, members)
-            weights = members[WEIGHTS]
-            inflated = None
-            if weights.compress_type != zipfile.ZIP_STORED:
-                inflated = read_member(path, z, weights, INFLATE_MAX_BYTES)
-    except ZIP_ERRORS as e:
-        raise FormatError(f"{path}: corrupt zip archive ({printable(str(e), 200)})") from None
-    if inflated is not None:
-        data = inflated
-        maps = Maps(None)
+    with contextlib.ExitStack() as stack:
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = vetted_members(path, z.infolist(), size)
+                missing = [m for m in (CONFIG, WEIGHTS) if m not in members]
+                if missing:
+                    raise FormatError(f"{path}: Keras archive without {', '.join(missing)}")
+                text = read_member(path, z, members[CONFIG], CONFIG_MAX_BYTES)
+                config = parse_config(text, f"{path}: {CONFIG}")
+                ours = _our_metadata(path, z, members)
+                weights = members[WEIGHTS]
+                inflated = None
+                if weights.compress_type != zipfile.ZIP_STORED:
+                    # Inflated to a file of its own, never into memory: its weights are then
+                    # mapped from there like a stored member's from the archive.
+                    inflated = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".h5"))
+                    inflate_to(path, z, weights, inflated, INFLATE_MAX_BYTES, HDF5_MAGIC)
+                    inflated.flush()
+        except ZIP_ERRORS as e:
+            raise FormatError(f"{path}: corrupt zip archive ({printable(str(e), 200)})") from None
+        if inflated is not None:
+            maps, start, length = Maps(inflated.name), 0, weights.file_size
+        else:
+            start = data_start(path, weights, lambda at, n: _read_at(path, at, n), size)
+            maps, length = Maps(path, start), weights.file_size
 
         def opener() -> BinaryIO:
-            return io.BytesIO(data)
+            return io.BufferedReader(FileWindow(maps.path, start, length))
 
-    else:
-        start = data_start(path, weights, lambda at, n: _read_at(path, at, n), size)
-        maps = Maps(path, start)
-
-        def opener() -> BinaryIO:
-            return io.BufferedReader(_Range(path, start, weights.file_size))
-
-    with open_file(path, opener) as f:
-        graph = read_keras3(f, path, maps, config, "keras-archive")
-        yield graph if ours is None else keras_fcn.read_back(graph, ours, path)
+        with open_file(path, opener) as f:
+            graph = read_keras3(f, path, maps, config, "keras-archive")
+            yield graph if ours is None else keras_fcn.read_back(graph, ours, path)
 
 
 def _our_metadata(
@@ -92,7 +97,7 @@ def _our_metadata(
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None  # Keras never reads it either: a broken one does not stop the model
     ours = meta.get(keras_fcn.VGGFCN_KEY) if isinstance(meta, dict) else None
-    if not isinstance(ours, dict) or ours.get("format") != fcn_file.FORMAT:
+    if not isinstance(ours, dict) or not fcn_metadata.is_ours(ours):
         return None
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in ours.items()):
         raise FormatError(f"{path}: {keras_fcn.METADATA}: vggfcn metadata must map strings")
@@ -103,38 +108,3 @@ def _read_at(path: str, offset: int, count: int) -> bytes:
     with builtins.open(path, "rb") as f:
         f.seek(offset)
         return f.read(count)
-
-
-class _Range(io.RawIOBase):
-    """A read-only file object over bytes [start, start + length) of a file: the HDF5 member."""
-
-    def __init__(self, path: str, start: int, length: int) -> None:
-        super().__init__()
-        self._file = builtins.open(path, "rb")
-        self._start, self._length, self._pos = start, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        count = max(0, min(len(buffer), self._length - self._pos))
-        self._file.seek(self._start + self._pos)
-        data = self._file.read(count)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()

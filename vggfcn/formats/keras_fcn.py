@@ -11,12 +11,13 @@ The layout, as Keras 3.15 writes it (`keras/src/saving/saving_lib.py`) and what 
   metadata.json, config.json, model.weights.h5; the loader finds them by name, so we write
   config.json, model.weights.h5 and, last, metadata.json, which carries `metadata()`: that is
   known only once the weights are out (the source's digest is computed alongside).
-  Member dates are 1980-01-01 (Keras' own for its JSON members), attributes 0o600 as Python's
-  zipfile gives `open(name, "w")`, no extra fields, no data descriptors.
+  The archive is written by `zip_io.ZipWriter`: member dates 1980-01-01 (Keras' own for its
+  JSON members), attributes 0o600 as Python's zipfile gives `open(name, "w")`, no extra fields,
+  no data descriptors.
 - metadata.json: `keras_version` and `date_saved` (`_serialize_model_as_json`). The loader never
   reads it; `KerasFileEditor` shows both. We store `KERAS_VERSION` (the version this layout was
-  checked against), a fixed `DATE_SAVED`, and our metadata as a flat str -> str object under
-  `VGGFCN_KEY`, which Keras ignores.
+  checked against), a fixed `DATE_SAVED`, and our metadata (`fcn_metadata`) as a flat str -> str
+  object under `VGGFCN_KEY`, which Keras ignores.
 - config.json: `serialize_keras_object(model)` of a Functional model (`model_config`). Ours
   leaves out what Keras would fill in with its defaults anyway and what changes between Keras
   versions — initializers, regularizers, constraints, InputLayer's `sparse`/`ragged`/`optional`
@@ -26,23 +27,21 @@ The layout, as Keras 3.15 writes it (`keras/src/saving/saving_lib.py`) and what 
   attribute (the layer's name) and the variables as datasets `0` (kernel, HWIO: Keras' own
   layout) and `1` (bias); N counts that class's earlier layers (`_save_container_state`).
 
-The HDF5 file is laid out by h5py in memory, data-less: each dataset is allocated at creation
-and never filled, so its space is a known range that h5py does not write (`_Image`). The
+The HDF5 file is laid out by h5py in memory, data-less (`hdf5_fileobj`): each dataset is allocated
+at creation and never filled, so its space is a known range that h5py does not write. The
 member is then written front to back, h5py's metadata between the weights streamed into their
 ranges, the CRC-32 computed on the way and patched into the local header at the end: one pass
 over the weights, nothing read back from `f`. Datasets are contiguous, uncompressed, without
 timestamps (HDF5's groups in the default format have none): the same network and metadata give
-the same bytes. Layer names: `layer_names`.
+the same bytes. Layer names: `layer_names`. Which layer each op becomes, with which config, is
+`model_config` (and `_config`) and nowhere else.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import struct
-import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from itertools import islice
 from typing import Any, BinaryIO, NamedTuple
@@ -50,36 +49,26 @@ from typing import Any, BinaryIO, NamedTuple
 import h5py
 from h5py import h5d, h5p
 
-from ..arch import PLANS, conv_names
+from ..arch import conv_names, name_of
 from ..errors import FormatError, OutputError
-from ..fcn import FCN, ConvLayer, head_name
+from ..fcn import FCN, ConvLayer, Storage, check_shapes, head_name
 from ..graph import Activation, Conv, MaxPool, SourceGraph
-from ..tensor import F32, Tensor
-from . import fcn_file
+from ..precision import F32
+from ..tensor import Tensor
+from . import fcn_metadata
 from .blocks import checked_blocks
-from .keras_model import snake_case
+from .hdf5_fileobj import HDF5Image
+from .keras_config import snake_case
+from .names import unique_names
+from .outputs import Job
+from .zip_io import ZipWriter
 
 CONFIG, WEIGHTS, METADATA = "config.json", "model.weights.h5", "metadata.json"
-#: Where metadata.json keeps our metadata (`fcn_file.metadata` plus `STORAGE`).
+#: Where metadata.json keeps our metadata (`fcn_metadata.metadata`).
 VGGFCN_KEY = "vggfcn"
 KERAS_VERSION = "3.15.1"
 DATE_SAVED = "1980-01-01@00:00:00"
 INPUT = "input"
-#: Metadata the writer sets whatever `metadata()` says: the facts of this file's storage.
-STORAGE = {
-    "format": fcn_file.FORMAT,
-    "format_version": fcn_file.FORMAT_VERSION,
-    "layout": "HWIO",
-    "names": "source",
-    "dtype": "float32",
-}
-_LOCAL = struct.Struct("<4s2B4HL2L2H")  # zip local file header (as zipfile.structFileHeader)
-_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # central directory entry
-_END = struct.Struct("<4s4H2LH")  # end of central directory
-_CRC_AT = 14  # offset of CRC-32, compressed and uncompressed size in a local header
-_VERSION, _UNIX = 20, 3  # zip 2.0, made on Unix: what zipfile writes for stored members
-_DATE = 1 << 5 | 1  # 1980-01-01 in MS-DOS form (time 00:00 is 0)
-_ATTRIBUTES = 0o600 << 16
 _ZIP32_LIMIT = 0xFFFFFFFF - (1 << 20)  # member sizes and offsets, leaving room for the JSON
 
 
@@ -97,17 +86,11 @@ def layer_names(fcn: FCN) -> list[str]:
     Why: Keras refuses `/` in a name, its torch backend `.` (torch parameter names), TensorFlow
     name scopes a leading `_`; and a Functional model's names must be unique.
     """
-    used = {INPUT, *(_pool_name(b) for b in range(1, len(fcn.plan) + 1))}
-    names = []
-    for layer in fcn.layers:
-        base = re.sub(r"[^A-Za-z0-9_]", "_", layer.source_name).lstrip("_") or layer.name
-        name, n = base, 1
-        while name in used:
-            n += 1
-            name = f"{base}_{n}"
-        used.add(name)
-        names.append(name)
-    return names
+    bases = [
+        re.sub(r"[^A-Za-z0-9_]", "_", layer.source_name).lstrip("_") or layer.name
+        for layer in fcn.layers
+    ]
+    return unique_names(bases, {INPUT, *(_pool_name(b) for b in range(1, len(fcn.plan) + 1))})
 
 
 class _Layer(NamedTuple):
@@ -203,28 +186,17 @@ def _shape(channels: int) -> list[int | None]:
     return [None, None, None, channels]
 
 
-def write(
-    f: BinaryIO,
-    fcn: FCN,
-    metadata: Callable[[], Mapping[str, str]],
-    progress: Callable[[int], object] = lambda _n: None,
-    allow_nonfinite: bool = False,
-) -> None:
-    """Stream `fcn` into `f` as a `.keras` archive, float32, holding one weight block at a time.
-
-    Args:
-        f: a seekable binary file open for writing, positioned at 0 (it is only written).
-        metadata: called once, after the weights are written: the flat str -> str map stored
-            under `VGGFCN_KEY` in metadata.json, with `STORAGE` over it.
-        progress: called with the number of weight bytes after each block.
-        allow_nonfinite: write NaN/Inf values instead of refusing them.
+def write(f: BinaryIO, job: Job) -> None:
+    """`outputs.Writer.write`: the network as a `.keras` archive, float32 HWIO, one weight block
+    at a time (the member is checksummed in order, so blocks come in order); metadata.json last,
+    once `metadata.final()` is known.
 
     Raises:
-        FormatError: a tensor holds NaN or Inf (unless allowed), naming it and the count.
         OutputError: the weights would not fit a zip without zip64 (4 GiB).
     """
+    fcn = job.fcn
     names = layer_names(fcn)
-    archive = _Zip(f)
+    archive = ZipWriter(f)
     archive.add(CONFIG, json.dumps(model_config(fcn, names), sort_keys=True).encode())
     image, regions = _hdf5(fcn, names)
     if f.tell() + image.size > _ZIP32_LIMIT:
@@ -236,25 +208,28 @@ def write(
     at = 0
     for offset, tensor in regions:
         archive.stream(image.read_at(at, offset))
-        for block in checked_blocks(tensor, allow_nonfinite):
+        for block in checked_blocks(tensor, job.allow_nonfinite):
             archive.stream(block.data)
-            progress(block.nbytes)
+            job.progress(block.nbytes)
         at = offset + tensor.size * F32.itemsize
     archive.stream(image.read_at(at, image.size))
     archive.end()
-    ours = {**metadata(), **STORAGE}
-    meta = {"keras_version": KERAS_VERSION, "date_saved": DATE_SAVED, VGGFCN_KEY: ours}
+    meta = {
+        "keras_version": KERAS_VERSION,
+        "date_saved": DATE_SAVED,
+        VGGFCN_KEY: job.metadata.final(),
+    }
     archive.add(METADATA, json.dumps(meta, sort_keys=True).encode())
     archive.finish()
 
 
-def _hdf5(fcn: FCN, names: list[str]) -> tuple[_Image, list[tuple[int, Tensor]]]:
+def _hdf5(fcn: FCN, names: list[str]) -> tuple[HDF5Image, list[tuple[int, Tensor]]]:
     """model.weights.h5 without its weights: the file's image, and (offset, tensor) of each
     dataset's range in it, in file order."""
     dcpl = h5p.create(h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5d.ALLOC_TIME_EARLY)  # the range is known before any data is
     dcpl.set_fill_time(h5d.FILL_TIME_NEVER)  # and h5py writes nothing into it
-    image = _Image()
+    image = HDF5Image()
     regions = []
     used: dict[str, int] = {}
     with h5py.File(image, "w") as h5:
@@ -273,114 +248,6 @@ def _hdf5(fcn: FCN, names: list[str]) -> tuple[_Image, list[tuple[int, Tensor]]]
                 )
                 regions.append((int(ds.id.get_offset()), tensor))
     return image, sorted(regions, key=lambda r: r[0])
-
-
-class _Image(io.RawIOBase):
-    """The HDF5 file h5py writes, kept in memory as the writes it made: its metadata, some
-    kilobytes. The datasets' ranges are never written (allocated early, never filled), so they
-    read as zeros here and cost nothing until `write` streams the weights into them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._writes: list[tuple[int, bytes]] = []
-        self._pos = self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._pos = (0, self._pos, self.size)[whence] + offset
-        return self._pos
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self._writes.append((self._pos, chunk))
-        self._pos += len(chunk)
-        self.size = max(self.size, self._pos)
-        return len(chunk)
-
-    def readinto(self, buffer: Any) -> int:
-        """HDF5 may read back metadata it wrote (h5py's file-object contract asks for it)."""
-        data = self.read_at(self._pos, min(self._pos + len(buffer), self.size))
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def truncate(self, size: int | None = None) -> int:
-        self.size = self._pos if size is None else size
-        self._writes = [(at, data[: self.size - at]) for at, data in self._writes if at < self.size]
-        return self.size
-
-    def read_at(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the file: the latest write to each byte, else zero."""
-        out = bytearray(max(0, end - start))
-        for at, data in self._writes:
-            lo, hi = max(start, at), min(end, at + len(data))
-            if lo < hi:
-                out[lo - start : hi - start] = data[lo - at : hi - at]
-        return bytes(out)
-
-
-class _Zip:
-    """A zip archive written front to back: stored members, fixed dates, one member streamed
-    at a time (its local header patched when it ends: the CRC is known only then)."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
-        self._members: list[tuple[bytes, int, int, int]] = []  # name, CRC-32, size, offset
-        self._name, self._offset, self._crc, self._size = b"", 0, 0, 0
-
-    def add(self, name: str, data: bytes) -> None:
-        self.begin(name)
-        self.stream(data)
-        self.end()
-
-    def begin(self, name: str) -> None:
-        self._name, self._offset, self._crc, self._size = name.encode(), self._f.tell(), 0, 0
-        self._f.write(_local(self._name, 0, 0))
-
-    def stream(self, data: Any) -> None:
-        self._f.write(data)
-        self._crc = zlib.crc32(data, self._crc)
-        self._size += memoryview(data).nbytes
-
-    def end(self) -> None:
-        here = self._f.tell()
-        self._f.seek(self._offset + _CRC_AT)
-        self._f.write(struct.pack("<3L", self._crc, self._size, self._size))
-        self._f.seek(here)
-        self._members.append((self._name, self._crc, self._size, self._offset))
-
-    def finish(self) -> None:
-        """The central directory and its end record."""
-        start = self._f.tell()
-        for name, crc, size, offset in self._members:
-            self._f.write(_central(name, crc, size, offset))
-        count, length = len(self._members), self._f.tell() - start
-        self._f.write(_END.pack(b"PK\x05\x06", 0, 0, count, count, length, start, 0))
-
-
-def _local(name: bytes, crc: int, size: int) -> bytes:
-    """A stored member's local header: zip 2.0, no flags, no extra field, dated 1980-01-01."""
-    return (
-        _LOCAL.pack(b"PK\x03\x04", _VERSION, 0, 0, 0, 0, _DATE, crc, size, size, len(name), 0)
-        + name
-    )
-
-
-def _central(name: bytes, crc: int, size: int, offset: int) -> bytes:
-    """Its central directory entry, made on Unix with mode 0o600, as zipfile writes it."""
-    fields = (_VERSION, _UNIX, _VERSION, 0, 0, 0, 0, _DATE, crc, size, size, len(name), 0, 0, 0, 0)
-    return _CENTRAL.pack(b"PK\x01\x02", *fields, _ATTRIBUTES, offset) + name
 
 
 def read_back(graph: SourceGraph, meta: Mapping[str, str], path: str) -> FCN:
@@ -408,15 +275,15 @@ def read_back(graph: SourceGraph, meta: Mapping[str, str], path: str) -> FCN:
             count = 0
         else:
             raise FormatError(f"{path}: {op.name} ({type(op).__name__}) is not in a vggfcn .keras")
-    names = conv_names(tuple(plan)) if tuple(plan) in PLANS.values() else []
+    names = conv_names(tuple(plan)) if name_of(tuple(plan)) else []
     if not names or count or not head:
         raise FormatError(f"{path}: not the VGG trunk and convolutional head vggfcn writes")
-    stored = f"vggfcn-keras {meta.get('dtype', 'float32')} (Keras {KERAS_VERSION} layout)"
+    fcn_metadata.check_version(path, meta)
     fcn = FCN(
         tuple(plan),
         tuple(replace(layer, name=n) for layer, n in zip(trunk, names, strict=True)),
         tuple(head),
-        fcn_file.info_from_metadata(path, meta, stored),
+        fcn_metadata.info(path, meta, Storage("keras", "HWIO", "source", "float32")),
     )
-    fcn_file.check_shapes(fcn)
+    check_shapes(fcn)
     return fcn

@@ -33,17 +33,8 @@ from ..errors import ArchitectureError, FormatError, first_line
 from ..graph import Provenance, SourceGraph
 from ..precision import BFloat16Source
 from ..tensor import Tensor
-from .keras_model import (
-    ConfigLayer,
-    KerasLayer,
-    KerasModel,
-    config_layers,
-    input_size,
-    ops_from_config,
-    ops_from_weights,
-    parse_config,
-    snake_case,
-)
+from .keras_config import ConfigLayer, config_layers, input_size, parse_config, snake_case
+from .keras_model import KerasLayer, KerasModel, ops_from_config, ops_from_weights
 from .region import FileRegion
 
 #: What h5py raises on a corrupt file, depending on where the damage is: all become ours.
@@ -53,10 +44,9 @@ _H5PY_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexErr
 @dataclass(frozen=True)
 class Maps:
     """Where raw dataset bytes can be mapped from: the file holding the HDF5 bytes, and where
-    in it they begin (non-zero for the weights inside a `.keras` archive); path None when the
-    HDF5 bytes are in memory (an inflated archive member), so h5py reads everything."""
+    in it they begin (non-zero for the weights inside a `.keras` archive)."""
 
-    path: str | None
+    path: str
     base: int = 0
 
 
@@ -184,7 +174,13 @@ def _graph(model: KerasModel, path: str, format: str, generation: str) -> Source
         ops=model.ops,
         input=model.input,
         output_activation=model.output_activation,
-        provenance=Provenance(path=path, format=format, generation=generation, notes=model.notes),
+        provenance=Provenance(
+            path=path,
+            format=format,
+            generation=generation,
+            recorded=model.recorded,
+            assumed=model.assumed,
+        ),
     )
 
 
@@ -341,23 +337,14 @@ def _tensor(ds: h5py.Dataset, path: str, maps: Maps) -> Tensor:
     """
     where = f"{path}:{ds.name}"
     offset = ds.id.get_offset()
-    plain = (
-        maps.path is not None
-        and ds.chunks is None
-        and ds.compression is None
-        and offset is not None
-    )
+    plain = ds.chunks is None and ds.compression is None and offset is not None
     if plain:
         offset += maps.base
     if _decode(ds.attrs.get("dtype", "")) == "bfloat16" and ds.dtype.itemsize == 2:
         # Keras 3 stores bfloat16 as opaque 2-byte values tagged with a `dtype` attribute.
-        bits = (
-            FileRegion(maps.path, offset, tuple(ds.shape), np.dtype("<u2"))
-            if plain and maps.path
-            else ds
-        )
+        bits = FileRegion(maps.path, offset, tuple(ds.shape), np.dtype("<u2")) if plain else ds
         return Tensor.wrap(BFloat16Source(bits), where)
-    if plain and maps.path and ds.dtype.kind == "f":
+    if plain and ds.dtype.kind == "f":
         return Tensor.wrap(FileRegion(maps.path, offset, tuple(ds.shape), ds.dtype), where)
     stored = ds.id.get_storage_size()
     if ds.nbytes and (stored == 0 or ds.nbytes > max(_BOMB_FLOOR, _BOMB_RATIO * stored)):

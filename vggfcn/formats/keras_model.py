@@ -5,10 +5,9 @@ the same thing: the model's layers in order, each with its variables in Keras' o
 gamma, beta, moving mean, moving variance). The container readers find those; this module turns
 them into ops.
 
-With a model config (a `model.save` file or a `.keras` archive), the layers are what the config
-says, nested models included: the config is read as data, checked against the weights, and any
-layer we do not know — a `Lambda`, a custom class, a module path outside Keras — is refused by
-name, never imported or run. Without one (weights-only files) the classes come from the weights
+With a model config (a `model.save` file or a `.keras` archive, read as data by `keras_config`),
+the layers are what the config says, nested models included, checked against the weights.
+Without one (weights-only files) the classes come from the weights
 (a 4-D kernel is a convolution, a 2-D one a dense layer) and the rest from the VGG family: a
 max-pool closes each block, ReLUs follow every layer but the last; which head the file has is
 whatever the container can tell (`.weights.h5` group names say `flatten` or
@@ -17,13 +16,11 @@ whatever the container can tell (`.weights.h5` group names say `flatten` or
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..arch import PLANS, family_counts
+from ..arch import family_counts, plan_with
 from ..errors import ArchitectureError, FormatError
 from ..graph import (
     Activation,
@@ -40,48 +37,15 @@ from ..graph import (
     vgg_trunk,
 )
 from ..tensor import Tensor
+from .keras_config import IDENTITY, show
 
-#: A model config is a few hundred kilobytes even for deep nets; a bigger one is not a config.
-CONFIG_MAX_BYTES = 64 << 20
-#: Models nest a base model or two (Sequential([VGG16(...), ...])); deeper is not a classifier.
-MAX_NESTING = 8
 #: Keras' BatchNormalization default epsilon (torch's is 1e-5).
 KERAS_BN_EPS = 1e-3
-#: Layers that are the identity at inference.
-_IDENTITY = {"Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout"}
-_MODELS = {"Functional", "Sequential", "Model"}
-_KNOWN = {
-    "InputLayer",
-    "Conv2D",
-    "MaxPooling2D",
-    "Flatten",
-    "GlobalAveragePooling2D",
-    "Dense",
-    "BatchNormalization",
-    "Activation",
-    "ReLU",
-    *_IDENTITY,
-    *_MODELS,
-}
 _OUTPUT_ACTIVATIONS: dict[str, OutputActivation] = {
     "softmax": "softmax",
     "sigmoid": "sigmoid",
     "linear": "linear",
 }
-
-
-@dataclass(frozen=True)
-class ConfigLayer:
-    """One layer of a model config, nested models flattened: its name, class and config.
-
-    `path` is the chain of nested model names above it (empty at the top level), which is how
-    the weight files address a nested model's layers.
-    """
-
-    name: str
-    class_name: str
-    config: Mapping[str, Any]
-    path: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,135 +65,8 @@ class KerasModel:
     ops: tuple[Op, ...]
     input: InputSpec
     output_activation: OutputActivation
-    notes: tuple[str, ...] = ()
-
-
-def parse_config(text: str | bytes, where: str) -> dict[str, Any]:
-    """A model config's JSON as data, size- and depth-bounded.
-
-    Raises:
-        FormatError: too large, not JSON, too deeply nested, or not a JSON object.
-    """
-    if len(text) > CONFIG_MAX_BYTES:
-        raise FormatError(f"{where}: model config of {len(text)} bytes exceeds {CONFIG_MAX_BYTES}")
-    try:
-        config = json.loads(text)
-    except RecursionError:
-        raise FormatError(f"{where}: model config is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FormatError(f"{where}: model config is not JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise FormatError(f"{where}: model config is not a JSON object")
-    return config
-
-
-def config_layers(config: Mapping[str, Any], where: str) -> list[ConfigLayer]:
-    """Every layer of a (possibly nested) model config in model order, nested models expanded.
-
-    Nested models stay in the list too (before their own layers), so a weight file that stores
-    a whole base model under its name can be matched.
-
-    Raises:
-        FormatError: not a model config, a layer that is not a plain chain, a layer class we do
-            not know (a Lambda, a custom class), a layer from outside Keras.
-    """
-    return list(_walk(config, where, (), 0))
-
-
-def _walk(
-    model: Mapping[str, Any], where: str, path: tuple[str, ...], depth: int
-) -> Iterator[ConfigLayer]:
-    if depth > MAX_NESTING:
-        raise FormatError(f"{where}: models nested more than {MAX_NESTING} deep")
-    class_name = model.get("class_name")
-    if class_name not in _MODELS:
-        raise FormatError(f"{where}: model config of class {_show(class_name)}; expected a model")
-    inner = model.get("config")
-    layers = inner if isinstance(inner, list) else (inner or {}).get("layers")  # Keras 2.0-2.2
-    if not isinstance(layers, list):
-        raise FormatError(f"{where}: model config has no list of layers")
-    previous: str | None = None
-    for entry in layers:
-        layer = _layer(entry, where)
-        _check_chain(entry, layer, previous, where)
-        yield layer if not path else ConfigLayer(layer.name, layer.class_name, layer.config, path)
-        if layer.class_name in _MODELS:
-            yield from _walk(entry, where, (*path, layer.name), depth + 1)
-        if layer.class_name != "InputLayer":
-            previous = layer.name
-
-
-def _layer(entry: Any, where: str) -> ConfigLayer:
-    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict | list):
-        raise FormatError(f"{where}: model config holds a layer entry that is not an object")
-    class_name = entry.get("class_name")
-    config = entry["config"] if isinstance(entry["config"], dict) else {}
-    name = entry.get("name", config.get("name"))
-    if not isinstance(name, str) or not isinstance(class_name, str):
-        raise FormatError(f"{where}: model config holds a layer without a name or class")
-    module, registered = entry.get("module"), entry.get("registered_name")
-    if class_name == "Lambda":
-        raise FormatError(
-            f"{where}: layer {_show(name)} is a Lambda layer (it carries code); refused, nothing "
-            "was run"
-        )
-    custom = registered not in (None, class_name) or (
-        isinstance(module, str) and not module.startswith("keras")
-    )
-    if custom or class_name not in _KNOWN:
-        origin = f" from {_show(module)}" if isinstance(module, str) else ""
-        raise FormatError(
-            f"{where}: layer {_show(name)} is of class {_show(registered or class_name)}{origin}, "
-            "which vggfcn does not convert (custom classes are never imported)"
-        )
-    return ConfigLayer(name, class_name, config)
-
-
-def _check_chain(
-    entry: Mapping[str, Any], layer: ConfigLayer, previous: str | None, where: str
-) -> None:
-    """Refuse a functional model that is not a plain chain (branches, merges, shared layers)."""
-    nodes = entry.get("inbound_nodes")
-    if not nodes or previous is None:
-        return
-    inbound = _inbound_names(nodes)
-    if inbound is not None and inbound != [previous]:
-        raise FormatError(
-            f"{where}: layer {_show(layer.name)} takes {', '.join(map(_show, inbound))} as "
-            f"input, not the layer before it ({_show(previous)}); only plain chains convert"
-        )
-
-
-def _inbound_names(nodes: Any) -> list[str] | None:
-    """The layers feeding a layer's first call, in Keras 3 or Keras 2 form; None if unreadable."""
-    if not isinstance(nodes, list) or len(nodes) != 1:
-        return None if not isinstance(nodes, list) else ["<shared layer>"]
-    node = nodes[0]
-    names: list[str] = []
-    if isinstance(node, dict):  # Keras 3: {"args": [{"config": {"keras_history": [name, ..]}}]}
-        for arg in node.get("args", []):
-            args = arg if isinstance(arg, list) else [arg]
-            for a in args:
-                history = a.get("config", {}).get("keras_history") if isinstance(a, dict) else None
-                if isinstance(history, list) and history and isinstance(history[0], str):
-                    names.append(history[0])
-    elif isinstance(node, list):  # Keras 2: [[name, node_index, tensor_index, kwargs], ...]
-        names = [n[0] for n in node if isinstance(n, list) and n and isinstance(n[0], str)]
-    return names or None
-
-
-def input_size(layers: Sequence[ConfigLayer], where: str) -> tuple[int, int] | None:
-    """(H, W) of the first input shape recorded in the config, None when unknown."""
-    for layer in layers:
-        shape = layer.config.get("batch_shape", layer.config.get("batch_input_shape"))
-        if isinstance(shape, list) and len(shape) == 4:
-            if layer.config.get("data_format") == "channels_first":
-                raise FormatError(f"{where}: channels_first models are not supported")
-            h, w = shape[1], shape[2]
-            if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
-                return h, w
-            return None
-    return None
+    recorded: bool = True  # the structure is the config's, not assumed (`Provenance.recorded`)
+    assumed: tuple[str, ...] = ()
 
 
 def ops_from_config(
@@ -278,7 +115,7 @@ def _config_ops(layer: KerasLayer, where: str) -> list[Op | _Output]:
         ):
             raise FormatError(f"{where}: layer {name} is a ReLU with a cap, slope or threshold")
         return [Activation(name, "relu")]
-    if kind in _IDENTITY:
+    if kind in IDENTITY:
         return [Dropout(name)]
     return []  # InputLayer, and nested models (their layers follow them)
 
@@ -308,7 +145,7 @@ def _weighted_ops(layer: KerasLayer, where: str) -> list[Op | _Output]:
             )
         padding = c.get("padding", "valid")
         if padding not in ("same", "valid"):
-            raise FormatError(f"{where}: layer {name} has padding {_show(padding)}")
+            raise FormatError(f"{where}: layer {name} has padding {show(padding)}")
         op = Conv(name, kernel, bias, "HWIO", padding)
     else:
         units = c.get("units")
@@ -340,13 +177,13 @@ def _batch_norm(layer: KerasLayer, where: str) -> BatchNorm:
         )
     axis = c.get("axis", -1)
     if axis not in (-1, 3, [3], [-1], 1, [1]):
-        raise FormatError(f"{where}: layer {name} normalises axis {_show(axis)}, not channels")
+        raise FormatError(f"{where}: layer {name} normalises axis {show(axis)}, not channels")
     weights = list(layer.weights)
     gamma = weights.pop(0) if scale else None
     beta = weights.pop(0) if center else None
     eps = c.get("epsilon", KERAS_BN_EPS)
     if not isinstance(eps, int | float) or eps < 0:
-        raise FormatError(f"{where}: layer {name} has epsilon {_show(eps)}")
+        raise FormatError(f"{where}: layer {name} has epsilon {show(eps)}")
     return BatchNorm(name, gamma, beta, weights[0], weights[1], float(eps))
 
 
@@ -356,7 +193,7 @@ def _activation(name: str, value: Any, where: str, fused: bool = False) -> Activ
     if value in _OUTPUT_ACTIVATIONS:
         return _Output(name, _OUTPUT_ACTIVATIONS[value])
     raise FormatError(
-        f"{where}: {name} is {_show(value)}; between layers vggfcn converts relu and linear"
+        f"{where}: {name} is {show(value)}; between layers vggfcn converts relu and linear"
     )
 
 
@@ -389,28 +226,37 @@ def _output_activation(ops: list[Op | _Output], where: str) -> tuple[list[Op], O
     return clean, kind
 
 
-def ops_from_weights(
-    layers: Sequence[KerasLayer], head: str | None, where: str, notes: tuple[str, ...] = ()
-) -> KerasModel:
+def ops_from_weights(layers: Sequence[KerasLayer], head: str | None, where: str) -> KerasModel:
     """The ops of a weights-only file: the VGG family fills in what the file does not record.
 
     Args:
         layers: weighted layers in model order (classes None: told apart by their weights).
         head: "flatten" or "gap" when the container knows which, None when it cannot tell.
     Raises:
-        ArchitectureError: layers a weights-only file cannot place (batch norms), or a head
-            that cannot be told apart.
+        ArchitectureError: layers a weights-only file cannot place (batch norms), a layer
+            without its bias (such a file describes the stock architecture, whose every conv
+            and dense layer has one: Keras itself would refuse it), or a head that cannot be
+            told apart.
     """
     convs: list[Conv] = []
     denses: list[Dense] = []
+    biasless = [
+        layer.name for layer in layers if [len(w.shape) for w in layer.weights] in ([4], [2])
+    ]
+    if biasless:
+        raise ArchitectureError(
+            f"{where}: {', '.join(biasless)}: a kernel and no bias; a file without a model "
+            "config holds the stock VGG layers, each with a kernel and a bias (Keras would "
+            "refuse to load it too)"
+        )
     for layer in layers:
         shapes = [len(w.shape) for w in layer.weights]
-        if shapes in ([4, 1], [4]):
+        if shapes == [4, 1]:
             if denses:
                 raise FormatError(f"{where}: convolution {layer.name} comes after a dense layer")
-            convs.append(Conv(layer.name, layer.weights[0], _second(layer), "HWIO"))
-        elif shapes in ([2, 1], [2]):
-            denses.append(Dense(layer.name, layer.weights[0], _second(layer), "IO"))
+            convs.append(Conv(layer.name, layer.weights[0], layer.weights[1], "HWIO"))
+        elif shapes == [2, 1]:
+            denses.append(Dense(layer.name, layer.weights[0], layer.weights[1], "IO"))
         elif shapes and all(s == 1 for s in shapes) and len(shapes) in (2, 3, 4):
             raise ArchitectureError(
                 f"{where}: {layer.name} is a batch norm, and this file holds no model config to "
@@ -435,23 +281,20 @@ def ops_from_weights(
         ops.append(dense)
         if i + 1 < len(denses):
             ops.append(Activation(f"{dense.name}.activation", "relu", fused=True))
-    assumed = ("activations between dense layers assumed relu: the file holds no model config",)
+    assumed = ("ReLU between dense layers",)
     return KerasModel(
         ops=tuple(ops),
         input=InputSpec(channel_order="bgr", preprocessing="caffe"),
         output_activation="unknown",
-        notes=notes + (assumed if len(denses) > 1 else ()),
+        recorded=False,
+        assumed=assumed if len(denses) > 1 else (),
     )
 
 
-def _second(layer: KerasLayer) -> Tensor | None:
-    return layer.weights[1] if len(layer.weights) > 1 else None
-
-
 def _plan(count: int, where: str) -> tuple[int, ...]:
-    for plan in PLANS.values():
-        if sum(plan) == count:
-            return plan
+    plan = plan_with(count)
+    if plan is not None:
+        return plan
     if count == 0:
         raise ArchitectureError(f"{where}: no convolution layers found; is this a VGG checkpoint?")
     raise ArchitectureError(
@@ -473,15 +316,6 @@ def _head_from_fan_in(first: Dense, convs: Sequence[Conv], where: str) -> str:
     return "flatten"
 
 
-def snake_case(class_name: str) -> str:
-    """Keras' name for a layer class's weight group: Conv2D -> conv2d, MaxPooling2D ->
-    max_pooling2d, ReLU -> re_lu (keras `naming.to_snake_case`)."""
-    name = re.sub(r"\W+", "", class_name)
-    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    name = re.sub("([a-z])([A-Z])", r"\1_\2", name)
-    return name.lower()
-
-
 def _pair(value: Any) -> tuple[int, ...] | None:
     if isinstance(value, int):
         return (value, value)
@@ -493,10 +327,3 @@ def _pair(value: Any) -> tuple[int, ...] | None:
 def _channels_last(layer: KerasLayer, where: str) -> None:
     if layer.config.get("data_format") == "channels_first":
         raise FormatError(f"{where}: layer {layer.name} is channels_first, which is not supported")
-
-
-def _show(value: Any) -> str:
-    """A config value in a message: short strings as they are, anything else by type."""
-    if isinstance(value, str):
-        return repr(value[:60])
-    return repr(value) if isinstance(value, int | float | type(None)) else type(value).__name__

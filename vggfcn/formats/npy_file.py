@@ -29,7 +29,6 @@ import builtins
 import contextlib
 import math
 import mmap
-import pickle
 import struct
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Literal
@@ -40,7 +39,7 @@ from ..errors import FormatError
 from ..graph import SourceGraph
 from ..tensor import Tensor
 from .detect import NPY_MAGIC
-from .pickle_scan import allowed_global, scan_pickle, unpickle
+from .pickle_scan import RestrictedUnpickler, scan_pickle, unpickle
 from .pickle_scan import show as _show
 
 #: numpy itself refuses headers above 10000 bytes unless told otherwise; so do we.
@@ -127,24 +126,20 @@ class _PendingArray:
         self.value = _array_from_state(self._path, state)
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(RestrictedUnpickler):
     """Unpickles a dict of numeric arrays through an allowlist; every allowed global is ours."""
 
     def __init__(self, file: BinaryIO, path: str) -> None:
         super().__init__(file, encoding="latin1")
-        self._path = path
-        self._globals: dict[tuple[str, str], Any] = {
+        self.path = self._path = path
+        self.reads = "a dict of NumPy arrays is read"
+        self.allowed = {
             ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
             ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
             ("numpy", "ndarray"): _NDARRAY,
             ("numpy", "dtype"): self._dtype,
             ("_codecs", "encode"): self._encode,
         }
-
-    def find_class(self, module: str, name: str) -> Any:
-        return allowed_global(
-            self._globals, self._path, module, name, "a dict of NumPy arrays is read"
-        )
 
     def persistent_load(self, pid: Any) -> Any:
         raise FormatError(f"{self._path}: the pickle refers to an external object ({_show(pid)})")

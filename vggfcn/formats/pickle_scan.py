@@ -114,22 +114,26 @@ def unpickle(unpickler: pickle.Unpickler, path: str, what: str) -> Any:
         raise FormatError(f"{path}: {what} is corrupt ({detail})") from None
 
 
-def allowed_global(
-    allowed: dict[tuple[str, str], Any], path: str, module: str, name: str, reads: str
-) -> Any:
-    """The object a restricted unpickler's `find_class` hands out for (module, name), or a
-    refusal naming the global: nothing is imported or called for a name off the allowlist.
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler whose `find_class` hands out only the objects of an allowlist, each one of
+    ours: nothing is imported or called for a name off it, and the refusal names the global.
 
-    Raises:
-        FormatError: (module, name) is not allowed; `reads` says what the reader accepts.
+    Subclasses set `allowed` ((module, name) -> object) and `reads` (what they accept, for the
+    message) in their `__init__`.
     """
-    found = allowed.get((module, name))
-    if found is None:
-        raise FormatError(
-            f"{path}: refused to unpickle global {printable(module)}.{printable(name)} "
-            f"(only {reads}; nothing was executed)"
-        )
-    return found
+
+    path: str
+    allowed: dict[tuple[str, str], Any]
+    reads: str
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise FormatError(
+                f"{self.path}: refused to unpickle global {printable(module)}.{printable(name)} "
+                f"(only {self.reads}; nothing was executed)"
+            )
+        return found
 
 
 def printable(text: str, limit: int = 100) -> str:

@@ -1,5 +1,5 @@
-"""The protobuf wire format, read: just enough for the files we read without a protobuf library
-(ONNX models we wrote, Caffe's `.caffemodel`).
+"""The protobuf wire format, both ways: just enough for the files we read and write without a
+protobuf library (ONNX models, Caffe's `.caffemodel`).
 
 A message is a sequence of fields, each a varint key `number << 3 | wire type`, then a varint
 (type 0), 8 or 4 fixed bytes (types 1 and 5), or a varint length and that many bytes (type 2:
@@ -9,6 +9,9 @@ end) of every other field — without decoding anything else, so packed float pa
 of the file (mapped, never turned into Python floats). Every length is checked against the
 message holding it. Nesting is bounded by the readers: each descends only into the messages it
 knows, stepping over any other field by its wire type, so no file can make them recurse.
+
+Writing is the same format the other way (`varint`, `key`, `int_field`, `bytes_field`): a
+writer that knows every length before the data (ONNX's) emits a message front to back.
 """
 
 from __future__ import annotations
@@ -121,3 +124,28 @@ class Wire:
                 value, pos = self.varint(pos, end)
                 values.append(value)
         return values
+
+
+def varint(n: int) -> bytes:
+    """The base-128 varint of a non-negative integer, low bits first."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def key(number: int, wire: int) -> bytes:
+    """A field's key: its number and wire type."""
+    return varint(number << 3 | wire)
+
+
+def int_field(number: int, value: int) -> bytes:
+    """A varint field (int32, int64, enums, bools)."""
+    return key(number, VARINT) + varint(value)
+
+
+def bytes_field(number: int, data: bytes) -> bytes:
+    """A length-delimited field: a string, bytes or an embedded message."""
+    return key(number, LEN) + varint(len(data)) + data

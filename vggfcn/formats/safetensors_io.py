@@ -1,4 +1,5 @@
 """safetensors, read and written by us: a validated reader and a streaming, deterministic writer.
+(Which network a safetensors file holds is `safetensors_file`'s business.)
 
 Why not `safetensors.numpy`: `save_file` needs every tensor in memory at once and writes
 `__metadata__` in hash-map order (two identical conversions can differ byte for byte), and the
@@ -11,33 +12,31 @@ compact JSON, header padded with spaces to a multiple of 8.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import os
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from ..errors import FormatError
-from ..precision import DTYPES, BFloat16Source
+from ..precision import PRECISIONS, BFloat16Source
 from ..tensor import Tensor
 from .blocks import write_tensor
 from .detect import SAFETENSORS_MAX_HEADER
 from .region import FileRegion
 
 if TYPE_CHECKING:
-    from ..fcn import FCN
-    from ..graph import SourceGraph
+    pass
 
+#: Every safetensors dtype code we read -> the NumPy dtype of its bytes: our output precisions
+#: (BF16 as bit patterns, decoded by `precision.BFloat16Source`), float64, and integers, which
+#: are read so that bookkeeping (`num_batches_tracked`) can be recognised and skipped; a weight
+#: of an integer type is refused where it is used (`Tensor.wrap`).
 _DTYPES: dict[str, np.dtype[Any]] = {
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
+    **{p.code: p.storage for p in PRECISIONS.values()},
     "F64": np.dtype("<f8"),
-    "BF16": np.dtype("<u2"),  # bit patterns, decoded by precision.BFloat16Source
-    # Integers are read so that bookkeeping (`num_batches_tracked`) can be recognised and
-    # skipped; a weight of an integer type is refused where it is used (`Tensor.wrap`).
     "I64": np.dtype("<i8"),
     "I32": np.dtype("<i4"),
     "I16": np.dtype("<i2"),
@@ -47,25 +46,11 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 
-@contextlib.contextmanager
-def open(path: str) -> Iterator[SourceGraph | FCN]:  # noqa: A001 (the reader contract's name)
-    """A file vggfcn converted (`fcn_file`), or a PyTorch state dict (`state_dict`)."""
-    from . import fcn_file
-
-    tensors, meta = open_tensors(path)
-    if meta.get("format") == fcn_file.FORMAT:
-        yield fcn_file.read(path, tensors, meta)
-        return
-    from . import state_dict
-
-    yield state_dict.from_torch(tensors, path, "safetensors")
-
-
 def header_bytes(
     shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], dtype: str = "float32"
 ) -> bytes:
     """The length prefix and JSON header for tensors of one dtype stored in name order."""
-    code, storage = DTYPES[dtype]
+    code, storage = PRECISIONS[dtype].code, PRECISIONS[dtype].storage
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = dict(sorted(metadata.items()))

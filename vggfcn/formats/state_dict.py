@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..arch import PLANS, POOL5_SIZE, family_counts
+from ..arch import POOL5_SIZE, family_counts, feature_indices, plan_holding, plan_of_features
 from ..errors import ArchitectureError, FormatError
 from ..graph import (
     Activation,
@@ -53,7 +53,7 @@ TIMM_HEAD = ("pre_logits.fc1", "pre_logits.fc2", "head.fc")
 #: torch's BatchNorm default; state dicts do not store eps.
 TORCH_BN_EPS = 1e-5
 #: What a module between two weighted ones is assumed to be: no state dict records it.
-_ASSUMED = "modules without weights between classifier layers assumed ReLU + Dropout (torchvision)"
+_ASSUMED = "ReLU and Dropout between Linear layers (torchvision's)"
 
 
 def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> SourceGraph:
@@ -106,12 +106,14 @@ def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> Sour
         _pool_names(indices, plan, bool(norms)),
     )
     head = _timm_head(tensors) if generation == "timm" else _torchvision_head(tensors, linears)
-    notes = (_ASSUMED,) if generation == "torchvision" and len(linears) > 1 else ()
+    assumed = (_ASSUMED,) if generation == "torchvision" and len(linears) > 1 else ()
     return SourceGraph(
         ops=tuple(trunk + head),
         input=InputSpec(channel_order="rgb", preprocessing="torch"),
         output_activation="linear",
-        provenance=Provenance(path=path, format=container, generation=generation, notes=notes),
+        provenance=Provenance(
+            path=path, format=container, generation=generation, recorded=False, assumed=assumed
+        ),
     )
 
 
@@ -128,8 +130,7 @@ def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> Source
     # Names say which block a conv is in, so a missing conv shows against the smallest VGG
     # plan that holds every conv found (conv1_2 missing from a VGG16 is still expected).
     deepest = [max([i for b, i, _ in convs if b == block], default=0) for block in range(1, 6)]
-    plans = [p for p in PLANS.values() if all(n >= d for n, d in zip(p, deepest, strict=True))]
-    plan = min(plans, key=sum) if plans else tuple(deepest)
+    plan = plan_holding(deepest) or tuple(deepest)
     names = [f"conv{b}_{i}" for b, n in enumerate(plan, 1) for i in range(1, n + 1)]
     check_names(path, set(layers), set(names) | set(TF_HEAD))
     pairs = {}
@@ -148,7 +149,7 @@ def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> Source
         ops=tuple(ops),
         input=InputSpec(channel_order="bgr", preprocessing="caffe"),
         output_activation="softmax",
-        provenance=Provenance(path=path, format="npy", generation="tensorflow-vgg"),
+        provenance=Provenance(path=path, format="npy", generation="tensorflow-vgg", recorded=False),
     )
 
 
@@ -245,30 +246,21 @@ def _index(name: str) -> int:
 
 
 def _plan(indices: list[int], norms: set[int], path: str) -> tuple[int, ...]:
-    """Convolutions per block, from the gaps in `features` (a MaxPool adds one index)."""
-    step = 3 if norms else 2  # conv [, batch norm], ReLU
-    plan, count = [], 0
-    for i, index in enumerate(indices):
-        count += 1
-        if i + 1 == len(indices) or indices[i + 1] != index + step:
-            plan.append(count)
-            count = 0
-    if tuple(plan) not in PLANS.values():
-        for known in PLANS.values():
-            if sum(known) == len(indices):
-                return known  # the indices are odd, but the count says which VGG
+    """Convolutions per block, from where `features` holds them."""
+    plan = plan_of_features(indices, bool(norms))
+    if plan is None:
         raise ArchitectureError(
             f"{path}: found {len(indices)} convolution layers; a VGG has {family_counts()}"
         )
-    return tuple(plan)
+    return plan
 
 
 def _pool_names(indices: list[int], plan: tuple[int, ...], norms: bool) -> list[str]:
-    names, end = [], 0
-    for count in plan:
-        end += count
-        names.append(f"features.{indices[end - 1] + (3 if norms else 2)}")
-    return names
+    """Each block's pool, named by its place in `features`: after the block's last conv and
+    its ReLU (and batch norm), wherever this state dict numbers the convs."""
+    ends = [indices[sum(plan[: b + 1]) - 1] for b in range(len(plan))]
+    step = feature_indices((1,), norms)[1][0]  # a pool's distance from its block's last conv
+    return [f"features.{end + step}" for end in ends]
 
 
 def _torch_norm(tensors: Mapping[str, Tensor], name: str) -> BatchNorm:

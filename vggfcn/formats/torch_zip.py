@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,10 +42,10 @@ import numpy as np
 from ..errors import FormatError
 from ..precision import BFloat16Source
 from .detect import ZIP_MAGIC
-from .pickle_scan import allowed_global, scan_pickle, unpickle
+from .pickle_scan import RestrictedUnpickler, scan_pickle, unpickle
 from .pickle_scan import printable as _printable
 from .pickle_scan import show as _show
-from .zip_member import ZIP_ERRORS, data_start, read_member, vetted_members
+from .zip_io import ZIP_ERRORS, data_start, read_member, vetted_members
 
 #: The pickle of a state dict is a few bytes per tensor; anything larger is not a state dict.
 PICKLE_MAX_BYTES = 100_000_000
@@ -184,7 +183,7 @@ class _Archive:
         )
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(RestrictedUnpickler):
     """Unpickles a tensor state dict through an allowlist; every allowed global is ours.
 
     Allowed globals are bound methods and immutable tuples, so a hostile pickle cannot alter
@@ -194,19 +193,15 @@ class _Unpickler(pickle.Unpickler):
     def __init__(self, data: bytes, archive: _Archive) -> None:
         super().__init__(io.BytesIO(data))
         self._archive = archive
-        self._path = archive.path
+        self.path = self._path = archive.path
         self._storages: dict[str, _Storage] = {}
-        self._globals: dict[tuple[str, str], Any] = {
+        self.reads = "plain tensor state dicts are read"
+        self.allowed = {
             ("collections", "OrderedDict"): self._ordered_dict,
             ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor_v2,
             ("torch._utils", "_rebuild_parameter"): self._rebuild_parameter,
             **{("torch", name): stype for name, stype in _STORAGE_TYPES.items()},
         }
-
-    def find_class(self, module: str, name: str) -> Any:
-        return allowed_global(
-            self._globals, self._path, module, name, "plain tensor state dicts are read"
-        )
 
     def persistent_load(self, pid: Any) -> _Storage:
         """Resolve torch's `('storage', type, key, location, numel)` to a checked member."""
