@@ -10,16 +10,22 @@ VGG16  ?= $(CACHE)/vgg16_seeded_tf_dim_ordering_tf_kernels.h5
 
 export KERAS_BACKEND := torch
 
-.PHONY: help venv demo test test-fast lint bench clean
+.PHONY: help venv demo test test-fast lint bench pictures clean
 
 help:
 	@echo "make demo   - set up, convert and verify a full-size VGG16 (VGG16=path.h5 for your own)"
 	@echo "make test   - set up, lint, and run the whole test suite (slow full-size tests included)"
 	@echo "make test-fast / lint / bench / clean"
+	@echo "make pictures - redraw the docs' heatmaps (stride 32/16/8) with the tool itself"
+
+# keras-hub declares tensorflow-text, which its VGG models never import: installed without its
+# dependencies (pyproject.toml's dev extra lists the ones it does import).
+KERAS_HUB := keras-hub==0.32.0
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(KERAS_HUB)
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -46,6 +52,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+pictures: $(STAMP) $(CACHE)/vgg16_seeded_tf_dim_ordering_tf_kernels.h5
+	$(BIN)/python -m fixtures.pictures
 
 clean:
 	rm -rf $(VENV) $(CACHE) .pytest_cache .mypy_cache .ruff_cache

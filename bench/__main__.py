@@ -49,6 +49,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     files = {g: ensure_checkpoint(g) for g in args.generations.split(",")}
     files["fine-tuned .keras"] = ensure_finetuned()
     files["caffemodel (V1)"] = ensure_caffemodel()
+    files["torchvision .pth"] = ensure_made(
+        "vgg16_torchvision.pth",
+        "import torch; from fixtures.torch_vgg import classifier; "
+        "torch.save(classifier((64, 128, 256, 512, 512), 4096, 1000, seed=0).state_dict(), {out})",
+    )
+    files["ONNX torch export"] = ensure_made(
+        "vgg16_torch.onnx",
+        "from fixtures.generate import FULL; from fixtures.onnx_sources import torch_script; "
+        "torch_script({out}, widths=FULL)",
+    )
+    files["ONNX tf2onnx (NHWC)"] = ensure_made(
+        "vgg16_tf2onnx.onnx",
+        "from fixtures.generate import FULL; from fixtures.onnx_sources import tf2onnx_style; "
+        "tf2onnx_style({out}, widths=FULL)",
+    )
+    files["KerasHub .keras"] = ensure_made(
+        "vgg16_keras_hub.keras",
+        "from fixtures import keras_hub as hub; "
+        "hub.save(hub.HubSpec(pooling='flatten', filters=(64, 128, 256, 512, 512), "
+        "hidden=4096, classes=1000), {out}, 'keras')",
+    )
     for path in files.values():
         cache_by_read(path)
     source = files.get("keras1") or next(iter(files.values()))
@@ -103,6 +124,18 @@ def ensure_finetuned() -> Path:
     if not path.exists():
         print(f"generating {path} (once) ...", flush=True)
         run([PY, "-m", "fixtures.finetuned", "--full", str(path)])
+    return path
+
+
+def ensure_made(name: str, code: str) -> Path:
+    """A full-size source written by `code` (its `{out}` the path) in a child process: the
+    frameworks that write them (torch, Keras) never load into this one, whose peak RSS Linux
+    would carry into every child measured after (wait4's ru_maxrss survives fork and exec)."""
+    path = CACHE / name
+    if not path.exists():
+        print(f"generating {path} (once) ...", flush=True)
+        env = {**os.environ, "KERAS_BACKEND": "torch"}
+        subprocess.run([PY, "-c", code.format(out=repr(str(path)))], check=True, env=env)
     return path
 
 
@@ -181,15 +214,19 @@ def forward_figures(repeats: int) -> float | None:
     calls, as torch's oneDNN keeps its scratchpad: the like-for-like steady state), and with a
     fresh `Scratch` per pass, the cost of the first pass in a process (one CLI command).
     """
-    print("2. forward pass, VGG16 batch 1 (targets: 224 <= 1.4x torch, 448 FCN <= 1.25x torch)")
+    print(
+        "2. forward pass, VGG16 batch 1 (targets: 224 <= 1.4x torch, 448 FCN <= 1.25x torch, "
+        "448 FCN at output stride 8 <= 1.3x torch running the same dilated network)"
+    )
     has_torch = _has_module("torch")
     torch_224 = None
-    for size in (224, 448):
+    for size, stride in ((224, 32), (448, 32), (448, 8)):
         figures = {}
-        backends = ["numpy", "numpy-first"] + (["referee"] if size == 224 else [])
+        backends = ["numpy"] + (["numpy-first"] if stride == 32 else [])
+        backends += ["referee"] if size == 224 else []
         for backend in backends + (["torch"] if has_torch else []):
             done = subprocess.run(
-                [PY, "-m", "bench.forward", backend, str(size), str(repeats)],
+                [PY, "-m", "bench.forward", backend, str(size), str(repeats), str(stride)],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -198,6 +235,7 @@ def forward_figures(repeats: int) -> float | None:
             time.sleep(1.0)
         gflops = figures["numpy"]["flops"] / 1e9
         kind = "classifier" if size == 224 else "fully convolutional"
+        kind += f", output stride {stride}" if stride != 32 else ""
         print(f"   {size}x{size} {kind}")
         torch_t = figures["torch"]["times"] if "torch" in figures else None
         if torch_t:

@@ -1,9 +1,11 @@
 """One forward-pass timing, run in its own process (OpenBLAS threads spin after a call, and
 torch's thread pool would compete with them if both lived in one process).
 
-Usage: python -m bench.forward numpy|numpy-first|referee|torch SIZE REPEATS -> one JSON line
-SIZE 224 runs the classifier (torch: its dense head; referee: the source graph as a file defines
-it); every size runs the fully-convolutional network in NumPy (at 224 its map is one cell).
+Usage: python -m bench.forward numpy|numpy-first|referee|torch SIZE REPEATS [STRIDE]
+-> one JSON line. SIZE 224 runs the classifier (torch: its dense head; referee: the source graph
+as a file defines it); every size runs the fully-convolutional network in NumPy (at 224 its map
+is one cell). STRIDE (default 32) runs the network à trous: 16 or 8, torch with the same
+dilated convolutions and pools.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from vggfcn import forward, referee
-from vggfcn.arch import Arch
+from vggfcn.atrous import atrous
 from vggfcn.convert import to_fcn
 from vggfcn.fcn import FCN
 from vggfcn.graph import SourceGraph
@@ -24,18 +26,20 @@ from vggfcn.synthetic import FULL, random_classifier
 from vggfcn.verify import sample_images
 
 
-def flops(arch: Arch, size: int) -> float:
-    """Multiply-adds x 2 of one forward pass at size x size (convolutional head above 224)."""
-    total, side, cin, index = 0, size, arch.in_channels, 0
-    for count in arch.plan:
-        for _ in range(count):
-            cout = arch.conv_widths[index]
-            total += side * side * 9 * cin * cout
-            cin, index = cout, index + 1
-        side //= 2
-    out = side - 6
-    f6, f7, k = arch.head_widths
-    total += out * out * (49 * cin * f6 + f6 * f7 + f7 * k)
+def flops(fcn: FCN, size: int) -> float:
+    """Multiply-adds x 2 of one forward pass at size x size, op by op as `fcn` runs it."""
+    total, side = 0, size
+    start = 0
+    for count, pool in zip(fcn.plan, fcn.block_pools, strict=True):
+        for layer in fcn.trunk[start : start + count]:
+            kh, kw, cin, cout = layer.kernel.shape
+            total += side * side * kh * kw * cin * cout
+        start += count
+        side = (side - pool.dilation - 1) // pool.stride + 1
+    for layer in fcn.head:
+        kh, kw, cin, cout = layer.kernel.shape
+        side -= layer.span[0] - 1
+        total += side * side * kh * kw * cin * cout
     return 2.0 * total
 
 
@@ -63,15 +67,16 @@ def torch_pass(graph: SourceGraph, fcn: FCN, x: np.ndarray) -> Callable[[], obje
     def oihw(kernel: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()
 
-    trunk = [(oihw(t.kernel.read()), torch.from_numpy(t.bias.read())) for t in fcn.trunk]
-    pools = set(np.cumsum(fcn.plan) - 1)
-    dense = x.shape[1] == 224
+    trunk = [(oihw(t.kernel.read()), torch.from_numpy(t.bias.read()), t.dilation) for t in fcn.trunk]
+    pools = dict(zip(np.cumsum(fcn.plan) - 1, fcn.block_pools, strict=True))
+    dense = x.shape[1] == 224 and fcn.plain
     head = [
         (
             torch.from_numpy(h.kernel.read().reshape(-1, h.out_channels))
             if dense
             else oihw(h.kernel.read()),
             torch.from_numpy(h.bias.read()),
+            h.dilation,
         )
         for h in fcn.head
     ]
@@ -79,14 +84,14 @@ def torch_pass(graph: SourceGraph, fcn: FCN, x: np.ndarray) -> Callable[[], obje
 
     def run() -> object:
         y = images
-        for i, (k, b) in enumerate(trunk):
-            y = F.relu(F.conv2d(y, k, b, padding=1))
+        for i, (k, b, d) in enumerate(trunk):
+            y = F.relu(F.conv2d(y, k, b, padding=d, dilation=d))
             if i in pools:
-                y = F.max_pool2d(y, 2)
+                y = F.max_pool2d(y, 2, stride=pools[i].stride, dilation=pools[i].dilation)
         if dense:
             y = y.permute(0, 2, 3, 1).reshape(y.shape[0], -1)
-        for j, (k, b) in enumerate(head):
-            y = y @ k + b if dense else F.conv2d(y, k, b)
+        for j, (k, b, d) in enumerate(head):
+            y = y @ k + b if dense else F.conv2d(y, k, b, dilation=d)
             if j < 2:
                 y = F.relu(y)
         return y
@@ -96,8 +101,9 @@ def torch_pass(graph: SourceGraph, fcn: FCN, x: np.ndarray) -> Callable[[], obje
 
 def main() -> None:
     backend, size, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    stride = int(sys.argv[4]) if len(sys.argv) > 4 else 32
     graph = random_classifier(FULL, seed=0)
-    fcn = to_fcn(graph)
+    fcn = atrous(to_fcn(graph), stride)
     x = sample_images(1, seed=0, size=size)
     passes = {
         "numpy": numpy_pass,
@@ -112,7 +118,7 @@ def main() -> None:
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times, "flops": flops(FULL, size)}))
+    print(json.dumps({"times": times, "flops": flops(fcn, size)}))
 
 
 if __name__ == "__main__":

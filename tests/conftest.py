@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny generated checkpoints in every Keras generation, written once per run.
+"""Shared fixtures: tiny generated checkpoints in every Keras generation and every other
+supported format, written once per run (shared helper functions are in helpers.py).
 
 Keras 3 files are written by real Keras (torch backend), Keras 1/2 layouts with h5py; see
 fixtures/generate.py. Nothing is downloaded.
@@ -16,16 +17,14 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import safetensors.numpy  # noqa: E402
 import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
 
-from fixtures.generate import GENERATIONS, TINY, make_weights, write_checkpoint  # noqa: E402
+from fixtures.finetuned import keras_finetuned  # noqa: E402
+from fixtures.generate import FULL, GENERATIONS, TINY, write_checkpoint  # noqa: E402
 from fixtures.torch_vgg import classifier  # noqa: E402
+from tests.helpers import TF_NAMES, tiny_arch  # noqa: E402
 from vggfcn import api  # noqa: E402
-from vggfcn.arch import Arch  # noqa: E402
-from vggfcn.formats import load  # noqa: E402
-from vggfcn.graph import Conv, Dense, SourceGraph  # noqa: E402
 from vggfcn.synthetic import random_layers  # noqa: E402
 
 SUFFIX = {"keras3-weights": ".weights.h5"}
@@ -60,28 +59,16 @@ def make_file(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def read_all(path: Path) -> tuple[SourceGraph, dict[str, np.ndarray]]:
-    """Load a classifier and read every tensor of its layers as stored, under
-    "<layer as the file names it>.kernel|bias" (while the file is open)."""
-    with load(str(path)) as graph:
-        assert isinstance(graph, SourceGraph)
-        return graph, {
-            f"{op.name}.{part}": tensor.read()
-            for op in graph.ops
-            if isinstance(op, Conv | Dense)
-            for part, tensor in (("kernel", op.kernel), ("bias", op.bias))
-            if tensor is not None
-        }
-
-
-TF_NAMES = {f"block{b}_conv{i}": f"conv{b}_{i}" for b in range(1, 6) for i in range(1, 4)}
+@pytest.fixture(scope="session")
+def torch_model() -> torch.nn.Module:
+    """A TINY torchvision VGG16 (seed 0, same widths as the Keras fixtures), shared read-only."""
+    return classifier(TINY.convs, TINY.fc[0], TINY.classes, seed=0)
 
 
 @pytest.fixture(scope="session")
-def state() -> dict[str, torch.Tensor]:
-    """A TINY torchvision VGG16 state dict (same widths as the Keras fixtures)."""
-    model = classifier(TINY.convs, TINY.fc[0], TINY.classes, seed=0)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def state(torch_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`torch_model`'s state dict, copied."""
+    return {k: v.detach().clone() for k, v in torch_model.state_dict().items()}
 
 
 @pytest.fixture(scope="session")
@@ -106,22 +93,25 @@ def sources(
     return files
 
 
-def tiny_arch() -> Arch:
-    """The TINY fixtures' widths as an `Arch` (for `random_layers`)."""
-    return Arch.from_blocks("vgg16", TINY.convs, TINY.fc, TINY.classes)
+@pytest.fixture
+def fcn_file(keras1: Path, tmp_path: Path) -> Path:
+    """`keras1` converted to an FCN (.safetensors), for the commands that read one."""
+    out = tmp_path / "fcn.safetensors"
+    api.convert_file(str(keras1), str(out))
+    return out
 
 
-def fc6_bytes(kind: str, state: dict[str, torch.Tensor], fcn: Path) -> bytes:
-    """The bytes of the largest tensor (fc6's kernel) as the file of `kind` stores them."""
-    if kind.startswith("keras") or kind == "tensorflow-vgg.npy":
-        return dict(make_weights(TINY))["fc1"][0].tobytes()
-    if kind.startswith("torchvision"):
-        return state["classifier.0.weight"].numpy().tobytes()
-    return safetensors.numpy.load_file(str(fcn))["fc6.kernel"].tobytes()
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fine-tuned Keras 3 `.keras` archive (flatten head, 150x150), shared read-only."""
+    path = tmp_path_factory.mktemp("keras") / "finetuned.keras"
+    keras_finetuned("flatten", 150).save(str(path))
+    return path
 
 
-def header_cut(kind: str, data: bytes) -> int:
-    """A length that ends the file inside its header."""
-    if kind.endswith(".safetensors"):
-        return 8 + int.from_bytes(data[:8], "little") // 2
-    return {"keras1": 64, "keras3-weights": 64, "torchvision.pth": 20}.get(kind, 30)
+@pytest.fixture(scope="session")
+def full_keras1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-size VGG16 (138 M parameters, 553 MB) in the Keras 1 release layout (seed 0)."""
+    path = tmp_path_factory.mktemp("full") / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+    write_checkpoint(path, "keras1", FULL, seed=0)
+    return path

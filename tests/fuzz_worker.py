@@ -36,7 +36,7 @@ EXAMPLE_TIMEOUT = 8.0
 #: cells) — every check verify has, at a fraction of the default cost.
 VERIFY_OPTIONS: dict[str, Any] = {"images": 1, "probes": 2, "sizes": (256,)}
 #: Formats whose readers go through the HDF5 C library.
-HDF5_FORMATS = ("keras1", "keras3-weights", "keras-archive", "fcn-keras")
+HDF5_FORMATS = ("keras1", "keras3-weights", "keras-archive", "keras-hub", "fcn-keras")
 #: Our own outputs: read back (inspect, verify against their original), never converted.
 OUTPUT_FORMATS = ("fcn", "fcn-onnx", "fcn-keras")
 #: The seed our own format is converted from, and verified against: not HDF5, whose reader
@@ -56,9 +56,11 @@ def write_seeds(folder: Path) -> dict[str, Path]:
     import safetensors.torch
     import torch
 
+    from fixtures import keras_hub as hub
     from fixtures.caffe import write_caffemodel
     from fixtures.finetuned import keras_finetuned
     from fixtures.generate import Widths, write_checkpoint
+    from fixtures.onnx_sources import tf2onnx_style, torch_script
     from fixtures.torch_vgg import classifier
     from vggfcn.api import convert_file
     from vggfcn.arch import Arch
@@ -76,6 +78,9 @@ def write_seeds(folder: Path) -> dict[str, Path]:
         "fcn-onnx": folder / "seed_fcn.onnx",
         "fcn-keras": folder / "seed_fcn.keras",
         "caffemodel": folder / "seed_vgg16.caffemodel",
+        "onnx-torch": folder / "seed_torch.onnx",
+        "onnx-tf2onnx": folder / "seed_tf2onnx.onnx",
+        "keras-hub": folder / "seed_hub.keras",
     }
     write_checkpoint(seeds["keras1"], "keras1", widths)
     write_checkpoint(seeds["keras3-weights"], "keras3-weights", widths)
@@ -90,6 +95,10 @@ def write_seeds(folder: Path) -> dict[str, Path]:
     for output in OUTPUT_FORMATS:
         convert_file(str(seeds[FCN_ORIGINAL]), str(seeds[output]))
     write_caffemodel(seeds["caffemodel"], "v1", widths=widths)
+    torch_script(seeds["onnx-torch"], widths=widths)
+    tf2onnx_style(seeds["onnx-tf2onnx"], widths=widths, dense_bn=True)
+    spec = hub.HubSpec(pooling="flatten", filters=widths.convs, hidden=4, classes=3)
+    hub.save(spec, seeds["keras-hub"], "keras")
     return seeds
 
 

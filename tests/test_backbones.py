@@ -18,7 +18,7 @@ import vggfcn.convert
 from fixtures.caffe import write_caffemodel
 from fixtures.generate import TINY
 from fixtures.torch_vgg import classifier
-from tests.helpers import assert_refused, run, tensors
+from tests.helpers import assert_refused, run, safetensors_metadata, tensors
 from vggfcn.verify import sample_images
 
 
@@ -26,13 +26,6 @@ from vggfcn.verify import sample_images
 def caffemodel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:  # type: ignore[type-arg]
     path = tmp_path_factory.mktemp("caffe") / "VGG_ILSVRC_16_layers.caffemodel"
     return path, write_caffemodel(path, "v1")
-
-
-def metadata(path: Path) -> dict[str, str]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        meta: dict[str, str] = json.loads(f.read(n))["__metadata__"]
-    return meta
 
 
 # ------------------------------------------------------------ channel order
@@ -44,7 +37,7 @@ def test_caffe_source_records_bgr_and_caffe_preprocessing(
     source, _ = caffemodel
     out = tmp_path / "bgr.safetensors"
     assert run("convert", source, out).exit_code == 0
-    meta = metadata(out)
+    meta = safetensors_metadata(out)
     assert (meta["channel_order"], meta["preprocessing"]) == ("bgr", "caffe")
     assert meta["source_format"] == "caffemodel/v1"
 
@@ -55,7 +48,7 @@ def test_rgb_flips_conv1_and_verify_proves_it(
     source, layers = caffemodel
     out = tmp_path / "rgb.safetensors"
     assert run("convert", "--rgb", source, out).exit_code == 0
-    assert metadata(out)["channel_order"] == "rgb"
+    assert safetensors_metadata(out)["channel_order"] == "rgb"
     conv1 = tensors(out)["block1_conv1.kernel"]  # HWIO; Caffe's is OIHW over B, G, R
     np.testing.assert_array_equal(conv1, layers[0].kernel.transpose(2, 3, 1, 0)[:, :, ::-1, :])
     verified = run("verify", source, out)
@@ -166,7 +159,7 @@ def test_ssd_names_load_strictly_into_ssd_vgg_and_verify(
         for layer in vgg:
             x = layer(x)
     assert tuple(x.shape) == (1, 8, 19, 19)  # SSD300's conv7 map
-    meta = metadata(out)
+    meta = safetensors_metadata(out)
     assert meta["head"] == "reduced" and "dilation 6" in meta["use_ssd"]
     assert "dilation 12" in meta["use_deeplab_largefov"]
     verified = run("verify", source, out)

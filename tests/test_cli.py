@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import write_output
+from tests.helpers import write, write_output
 from vggfcn.cli import main
 
 
@@ -80,16 +80,16 @@ def test_selfcheck(tmp_path: Path) -> None:
     [
         (lambda d: d / "missing.h5", "no such file"),
         (lambda d: d, "is a directory"),
-        (lambda d: _write(d / "empty.h5", b""), "empty file"),
-        (lambda d: _write(d / "notes.h5", b"hello, I am text\n"), "unknown format"),
+        (lambda d: write(d / "empty.h5", b""), "empty file"),
+        (lambda d: write(d / "notes.h5", b"hello, I am text\n"), "unknown format"),
         (
-            lambda d: _write(
+            lambda d: write(
                 d / "lfs.h5", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n"
             ),
             "Git LFS pointer",
         ),
         (
-            lambda d: _write(d / "cut.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 100),
+            lambda d: write(d / "cut.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 100),
             "not a readable HDF5 file",
         ),
     ],
@@ -123,11 +123,6 @@ def test_help_has_examples() -> None:
     for command in ("convert", "verify", "inspect"):
         code, stdout, _ = run(command, "--help")
         assert code == 0 and "Example" in stdout
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
 
 
 class TestInstalledCommand:

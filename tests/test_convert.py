@@ -1,11 +1,12 @@
-"""convert: the FC -> conv reshape, the output file's bytes and metadata, atomic publishing."""
+"""convert (`convert.py`): the FC -> conv reshape (a flattened head and a global-average-pooled
+one), the output file's tensors and metadata.
+
+The output file as a file (atomic, --force, mode, reproducible) is tested in test_outputs.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
-from concurrent.futures import CancelledError
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +14,14 @@ import pytest
 import safetensors.numpy
 from safetensors import safe_open
 
-import vggfcn.api
-import vggfcn.digest
+from fixtures.finetuned import keras_finetuned
 from fixtures.generate import GENERATIONS, TINY
+from tests.helpers import verified_conversion
 from vggfcn.api import convert_file
 from vggfcn.convert import to_fcn
-from vggfcn.digest import sha256_file
-from vggfcn.errors import ArchitectureError, FormatError, OutputError
-from vggfcn.formats.safetensors_fcn import named_tensors
-from vggfcn.formats.safetensors_io import write
 from vggfcn.graph import Conv, Dense
 from vggfcn.synthetic import TINY as TINY_ARCH
 from vggfcn.synthetic import random_classifier, random_layers
-from vggfcn.tensor import Tensor
 
 
 def test_head_becomes_7x7_and_1x1_kernels_with_the_same_elements(
@@ -48,8 +44,20 @@ def test_head_becomes_7x7_and_1x1_kernels_with_the_same_elements(
     convs = [op for op in classifier.ops if isinstance(op, Conv)]
     assert [layer.kernel for layer in fcn.trunk] == [op.kernel for op in convs]  # not even read
     convert_file(str(keras1), str(tmp_path / "fcn.safetensors"))
-    with pytest.raises(ArchitectureError, match="already fully convolutional"):
-        convert_file(str(tmp_path / "fcn.safetensors"), str(tmp_path / "again.safetensors"))
+    again = convert_file(str(tmp_path / "fcn.safetensors"), str(tmp_path / "again.safetensors"))
+    assert again.fc6_shape == (7, 7, c5, f6)  # a converted file is re-written, head as it is
+
+
+def test_gap_head_taps_are_the_dense_kernel_over_the_window(tmp_path: Path) -> None:
+    """GlobalAveragePooling2D -> Dense(W): a 7x7 convolution with every tap W / 49."""
+    model = keras_finetuned("gap", 224)
+    source = tmp_path / "gap.keras"
+    model.save(str(source))
+    out = verified_conversion(source)
+    kernel = safetensors.numpy.load_file(str(out))["fc6.kernel"]
+    dense = np.asarray(model.layers[-1].kernel)
+    assert kernel.shape == (7, 7, *dense.shape)
+    np.testing.assert_allclose(kernel, np.broadcast_to(dense / 49, kernel.shape), rtol=1e-6)
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)
@@ -94,129 +102,3 @@ def test_output_holds_every_tensor_with_metadata(
         "source_batch_norm": "none",
     }
     assert result.fc6_shape == (7, 7, TINY.convs[-1], TINY.fc[0])
-
-
-def test_same_input_gives_byte_identical_output(keras1: Path, tmp_path: Path) -> None:
-    a, b = tmp_path / "a" / "x.safetensors", tmp_path / "b" / "x.safetensors"
-    a.parent.mkdir()
-    b.parent.mkdir()
-    convert_file(str(keras1), str(a))
-    convert_file(str(keras1), str(b))
-    assert a.read_bytes() == b.read_bytes()
-
-
-def test_writer_bytes_equal_save_file(tmp_path: Path) -> None:
-    """Without metadata (whose order save_file does not fix) our bytes are save_file's bytes."""
-    tensors = fcn_tensors()
-    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    with open(ours, "wb") as f:
-        write(f, tensors, {})
-    safetensors.numpy.save_file({n: t.read() for n, t in tensors.items()}, str(theirs))
-    assert ours.read_bytes() == theirs.read_bytes()
-
-
-def test_large_tensor_streams_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny blocks force many partial writes; the file must still be exact."""
-    import vggfcn.formats.blocks
-
-    monkeypatch.setattr(vggfcn.formats.blocks, "BLOCK_BYTES", 100)
-    tensors = fcn_tensors()
-    path = tmp_path / "small-blocks"
-    with open(path, "wb") as f:
-        write(f, tensors, {"k": "v"})
-    loaded = safetensors.numpy.load_file(str(path))
-    for name, tensor in tensors.items():
-        np.testing.assert_array_equal(loaded[name], tensor.read())
-
-
-def fcn_tensors() -> dict[str, Tensor]:
-    """Output tensors of the tiny random model, in memory."""
-    return named_tensors(to_fcn(random_classifier()))
-
-
-def test_output_mode_follows_umask(keras1: Path, tmp_path: Path) -> None:
-    old = os.umask(0o022)
-    try:
-        convert_file(str(keras1), str(tmp_path / "o.safetensors"))
-    finally:
-        os.umask(old)
-    assert (tmp_path / "o.safetensors").stat().st_mode & 0o777 == 0o644
-
-
-def test_existing_output_needs_force_and_is_replaced_whole(keras1: Path, tmp_path: Path) -> None:
-    out = tmp_path / "o.safetensors"
-    out.write_bytes(b"old")
-    with pytest.raises(OutputError, match="already exists"):
-        convert_file(str(keras1), str(out))
-    assert out.read_bytes() == b"old"
-    convert_file(str(keras1), str(out), force=True)
-    assert safetensors.numpy.load_file(str(out))
-    assert os.listdir(tmp_path) == ["o.safetensors"]
-
-
-def test_output_equal_to_input_is_refused_even_through_links(keras1: Path, tmp_path: Path) -> None:
-    source = tmp_path / "in.h5"
-    source.write_bytes(keras1.read_bytes())
-    (tmp_path / "sym.h5").symlink_to(source)
-    os.link(source, tmp_path / "hard.h5")
-    before = source.read_bytes()
-    for out in (source, tmp_path / "sym.h5", tmp_path / "hard.h5"):
-        with pytest.raises(OutputError, match="output is the input"):
-            convert_file(str(source), str(out), force=True)
-    assert source.read_bytes() == before
-
-
-def test_missing_output_directory_fails_before_reading(tmp_path: Path) -> None:
-    with pytest.raises(OutputError, match="does not exist"):
-        convert_file(str(tmp_path / "no-such-input.h5"), str(tmp_path / "nope" / "o.safetensors"))
-
-
-def test_failure_while_writing_leaves_nothing(
-    keras1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import vggfcn.formats.safetensors_io as io
-
-    calls = {"n": 0}
-    real = io.write
-
-    def failing_write(f, tensors, metadata, progress=lambda n: None, **kw):  # type: ignore[no-untyped-def]
-        def count(n: int) -> None:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise OSError(28, "No space left on device")
-
-        real(f, tensors, metadata, count, **kw)
-
-    monkeypatch.setattr(io, "write", failing_write)
-    with pytest.raises(OutputError, match="No space left on device"):
-        convert_file(str(keras1), str(tmp_path / "o.safetensors"))
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_the_source_hash_stops_when_asked(tmp_path: Path) -> None:
-    path = tmp_path / "big.bin"
-    path.write_bytes(b"\1" * (3 << 20))
-    assert sha256_file(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
-    stop = threading.Event()
-    stop.set()
-    with pytest.raises(CancelledError):
-        sha256_file(str(path), stop)
-
-
-def test_a_failed_conversion_stops_the_source_hash(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The hash starts before the source is opened; a source that is refused must not wait
-    for it to read the whole file."""
-    stopped: list[bool] = []
-
-    def hashing(path: str, stop: threading.Event) -> str:
-        stopped.append(stop.wait(timeout=30))
-        raise CancelledError
-
-    monkeypatch.setattr(vggfcn.digest, "sha256_file", hashing)
-    source = tmp_path / "notes.txt"
-    source.write_text("not a checkpoint\n")
-    with pytest.raises(FormatError):
-        convert_file(str(source), str(tmp_path / "out.safetensors"))
-    assert stopped == [True]

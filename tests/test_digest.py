@@ -1,4 +1,5 @@
-"""The source hash: exact from its maps, started early by the command line, picked up once."""
+"""The source hash: exact from its maps, started early by the command line, picked up once,
+stopped when asked or when the conversion fails."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ import pytest
 import vggfcn
 import vggfcn.digest
 from vggfcn import choices, precision
+from vggfcn.api import convert_file
 from vggfcn.digest import WINDOW, sha256_file, source_digest, start
+from vggfcn.errors import FormatError
 
 
 @pytest.fixture(autouse=True)
@@ -153,3 +157,32 @@ def test_the_package_imports_without_numpy_and_keeps_its_names() -> None:
 
 def test_the_option_values_are_the_ones_the_modules_act_on() -> None:
     assert tuple(precision.PRECISIONS) == choices.DTYPES
+
+
+def test_the_source_hash_stops_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"\1" * (3 << 20))
+    assert sha256_file(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(CancelledError):
+        sha256_file(str(path), stop)
+
+
+def test_a_failed_conversion_stops_the_source_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hash starts before the source is opened; a source that is refused must not wait
+    for it to read the whole file."""
+    stopped: list[bool] = []
+
+    def hashing(path: str, stop: threading.Event) -> str:
+        stopped.append(stop.wait(timeout=30))
+        raise CancelledError
+
+    monkeypatch.setattr(vggfcn.digest, "sha256_file", hashing)
+    source = tmp_path / "notes.txt"
+    source.write_text("not a checkpoint\n")
+    with pytest.raises(FormatError):
+        convert_file(str(source), str(tmp_path / "out.safetensors"))
+    assert stopped == [True]

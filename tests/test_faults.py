@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -21,9 +20,9 @@ from typing import Any, BinaryIO
 import pytest
 
 import vggfcn.formats.safetensors_io as safetensors_io
-from fixtures.generate import FULL, write_checkpoint
-from tests.helpers import assert_one_line, run, temps
+from tests.helpers import assert_one_line, corrupt_global_heap, run, temps
 from vggfcn import api
+from vggfcn.api import convert_file
 from vggfcn.errors import OutputError, VggfcnError
 from vggfcn.tensor import Tensor
 
@@ -112,6 +111,28 @@ def test_disk_full_while_writing(
     with pytest.raises(OutputError, match="No space left on device"):
         api.convert_file(str(keras1), str(target), force=True)
     assert_one_line(run(*convert_args(keras1, target)), 2, str(target), "No space left")
+
+
+def test_failure_while_writing_leaves_nothing(
+    keras1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vggfcn.formats.safetensors_io as io
+
+    calls = {"n": 0}
+    real = io.write
+
+    def failing_write(f, tensors, metadata, progress=lambda n: None, **kw):  # type: ignore[no-untyped-def]
+        def count(n: int) -> None:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise OSError(28, "No space left on device")
+
+        real(f, tensors, metadata, count, **kw)
+
+    monkeypatch.setattr(io, "write", failing_write)
+    with pytest.raises(OutputError, match="No space left on device"):
+        convert_file(str(keras1), str(tmp_path / "o.safetensors"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_disk_full_at_fsync(keras1: Path, target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,14 +242,6 @@ def _interrupt(proc: subprocess.Popen[str], grace: float = 30) -> tuple[int, str
     return proc.returncode, stdout, stderr
 
 
-@pytest.fixture(scope="module")
-def full_keras1(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A full-size VGG16 (138 M parameters, 553 MB) in the Keras 1 release layout."""
-    path = tmp_path_factory.mktemp("full") / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
-    write_checkpoint(path, "keras1", FULL)
-    return path
-
-
 def _temp_bytes(directory: Path) -> int:
     try:
         return sum((directory / name).stat().st_size for name in temps(directory))
@@ -255,12 +268,7 @@ def test_real_ctrl_c_during_a_full_size_conversion(full_keras1: Path, target: Pa
 def test_ctrl_c_works_while_hdf5_is_stuck(tiny_files: dict[str, Path], tmp_path: Path) -> None:
     """A corrupt global heap (a Keras 3 `name` attribute's size lies) can make HDF5 loop; Ctrl-C
     must still end the command (130), or it must have refused the file already (2)."""
-    data = bytearray(tiny_files["keras3-weights"].read_bytes())
-    at = data.find(b"GCOL")
-    assert at > 0
-    struct.pack_into("<Q", data, at + 8, 0x2000)
-    source = tmp_path / "heap.weights.h5"
-    source.write_bytes(bytes(data))
+    source = corrupt_global_heap(tiny_files["keras3-weights"], tmp_path / "heap.weights.h5", 0x2000)
     out = tmp_path / "out.safetensors"
     proc = _spawn("convert", source, out)
     time.sleep(5)

@@ -22,13 +22,6 @@ pytestmark = pytest.mark.slow
 VGG16_PARAMETERS = 138_357_544
 
 
-@pytest.fixture(scope="module")
-def full_keras1(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("full") / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
-    write_checkpoint(path, "keras1", FULL, seed=0)
-    return path
-
-
 def test_full_size_convert_and_verify(full_keras1: Path, tmp_path: Path) -> None:
     out = tmp_path / "vgg16.fcn.safetensors"
     result = convert_file(str(full_keras1), str(out))

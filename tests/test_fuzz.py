@@ -47,6 +47,9 @@ FORMATS = (
     "fcn-keras",
     "caffemodel",
     "tensorflow-vgg",
+    "onnx-torch",
+    "onnx-tf2onnx",
+    "keras-hub",
 )
 
 _position = st.integers(0, 1 << 20)

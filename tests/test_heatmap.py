@@ -1,37 +1,31 @@
-"""Heatmaps, softmax and ImageNet names, checked against hand-derived window geometry."""
+"""Heatmaps (`heatmap.py`, `vggfcn heatmap`): per-pixel scores and the PNG overlay, checked
+against hand-derived window geometry; the command's PNG and its refusals.
+
+Class names (`--class tabby`, `--labels`) are tested in test_class_names.py.
+"""
 
 from __future__ import annotations
 
 import io
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from tests.helpers import write_image
+from vggfcn.cli import main
+from vggfcn.dense import heatmap_file, predict_file
 from vggfcn.errors import VggfcnError
 from vggfcn.heatmap import encode_png, overlay, pixel_scores
-from vggfcn.imagenet import class_index, class_names, label
-from vggfcn.predict import softmax
+from vggfcn.predict import class_probabilities
 
 # A 270x300 image: 8x9 blocks of 32 (+14 and +12 uncovered pixels) -> a (2, 3) score map.
 H, W = 270, 300
 PROBS = np.array([[0.1, 0.2, 0.3], [0.2, 0.3, 0.9]], dtype=np.float32)
-
-
-def test_softmax_sums_to_one_and_survives_huge_logits() -> None:
-    logits = np.array([[1000.0, 1000.0, 998.0], [-5.0, 0.0, 5.0]])
-    probs = softmax(logits)
-    assert probs.dtype == np.float32
-    assert np.isfinite(probs).all()
-    np.testing.assert_allclose(probs.sum(axis=-1), [1.0, 1.0], rtol=1e-6)
-    e = np.exp([0.0, 0.0, -2.0])
-    np.testing.assert_allclose(probs[0], e / e.sum(), rtol=1e-6)
-
-
-def test_softmax_along_another_axis() -> None:
-    logits = np.zeros((4, 2, 2))  # classes along axis 0, like (classes, h, w)
-    np.testing.assert_allclose(softmax(logits, axis=0), np.full((4, 2, 2), 0.25), rtol=1e-6)
 
 
 def test_pixel_scores_average_the_windows_covering_each_pixel() -> None:
@@ -110,51 +104,56 @@ def test_encode_png_round_trips_through_pillow() -> None:
 
 def test_encode_png_without_pillow_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(VggfcnError, match=r"pip install 'vggfcn\[images\]'"):
+    with pytest.raises(VggfcnError, match=r"pip install pillow .*pip install '\.\[images\]'"):
         encode_png(np.zeros((2, 2, 3), dtype=np.uint8))
 
 
-def test_imagenet_has_1000_names_in_torchvision_order() -> None:
-    names = class_names()
-    assert len(names) == 1000
-    assert names[0] == "tench"
-    assert names[1] == "goldfish"
-    assert names[281] == "tabby"
-    assert names[999] == "toilet tissue"
-    names.clear()  # the caller's copy; the table itself is untouched
-    assert class_names()[281] == "tabby"
+# ------------------------------------------------------------ vggfcn heatmap
 
 
-@pytest.mark.parametrize(("text", "index"), [("281", 281), ("tabby", 281), ("Tabby", 281)])
-def test_class_index_by_number_or_name(text: str, index: int) -> None:
-    assert class_index(text, 1000) == index
+def test_heatmap_png_has_input_size_and_marks_the_strongest_cell(
+    fcn_file: Path, tmp_path: Path
+) -> None:
+    image = write_image(tmp_path / "in.png", 300, 352, seed=3)
+    scores = predict_file(str(fcn_file), str(image)).scores
+    target = int(np.argmax(scores.max(axis=(0, 1, 2))))
+    probabilities = class_probabilities(scores, target)[0]
+    strongest = np.unravel_index(int(np.argmax(probabilities)), probabilities.shape)
+    out = tmp_path / "map.png"
+    result = CliRunner().invoke(
+        main,
+        ["heatmap", "--json", "--class", str(target), "-o", str(out), str(fcn_file), str(image)],
+    )
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert tuple(report["hottest_cell"]) == tuple(int(v) for v in strongest)
+    with Image.open(out) as png:  # the image, its width, with the legend below it
+        assert png.format == "PNG" and png.size[0] == 352 and png.size[1] > 300
+    assert heatmap_file  # the API entry point behind the command
 
 
-def test_names_differing_only_in_case_resolve_exactly_or_not_at_all() -> None:
-    assert class_index("Cardigan", 1000) == 264  # the corgi
-    assert class_index("cardigan", 1000) == 474  # the sweater
-    with pytest.raises(VggfcnError, match="ambiguous"):
-        class_index("CARDIGAN", 1000)
-
-
-def test_misspelled_name_suggests_the_real_one() -> None:
-    with pytest.raises(
-        VggfcnError, match=r"unknown ImageNet class 'tabbby'.*did you mean.*'tabby' \(281\)"
-    ):
-        class_index("tabbby", 1000)
-
-
-def test_names_need_an_imagenet_network() -> None:
-    with pytest.raises(VggfcnError, match=r"this network has 10, give an index 0\.\.9"):
-        class_index("tabby", 10)
-
-
-@pytest.mark.parametrize("text", ["10", "-1"])
-def test_index_out_of_range_is_refused(text: str) -> None:
-    with pytest.raises(VggfcnError, match=r"out of range.*0\.\.9"):
-        class_index(text, 10)
-
-
-def test_label_names_imagenet_classes_only() -> None:
-    assert label(281, 1000) == "tabby"
-    assert label(3, 10) == "class 3"
+def test_heatmap_refuses_arrays_and_unknown_names(fcn_file: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((224, 224, 3), np.float32))
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        [
+            "heatmap",
+            "-c",
+            "0",
+            "-o",
+            str(tmp_path / "m.png"),
+            str(fcn_file),
+            str(tmp_path / "x.npy"),
+        ],
+    )
+    assert result.exit_code == 2 and "needs an image file" in result.stderr
+    image = write_image(tmp_path / "in.png", 224, 224)
+    result = runner.invoke(
+        main, ["heatmap", "-c", "tabby", "-o", str(tmp_path / "m.png"), str(fcn_file), str(image)]
+    )
+    assert (
+        result.exit_code == 2
+        and "names are known only for the 1000 ImageNet classes" in result.stderr
+    )
+    assert not (tmp_path / "m.png").exists()

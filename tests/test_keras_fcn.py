@@ -24,20 +24,20 @@ import numpy as np
 import pytest
 
 from tests.helpers import (
+    FCN_KINDS,
+    PROVENANCE,
     fcn_metadata,
+    fcn_of_kind,
     frameworks_imported,
     tiny_fcn,
     tiny_fcn_with_nan,
     write_output,
 )
-from vggfcn.arch import Arch
-from vggfcn.convert import to_fcn
 from vggfcn.errors import FormatError, OutputError
 from vggfcn.fcn import FCN, Storage
 from vggfcn.formats import fcn_metadata as fcn_metadata_module
 from vggfcn.formats import keras_fcn, load
 from vggfcn.forward import logits
-from vggfcn.synthetic import random_classifier
 from vggfcn.tensor import Tensor
 
 #: (H, W) inputs: a 1x1 score map (stock head), 3x3, 8x8 and a non-square one.
@@ -51,7 +51,7 @@ ZIP_FIELDS = [
     "external_attr",
     "extra",
 ]
-KINDS = ["tiny", "keras1", "torchvision.pth", "vgg11", "vgg19", "odd-head"]
+KINDS = FCN_KINDS
 
 
 def write(path: Path, fcn: FCN, allow_nonfinite: bool = False) -> Path:
@@ -69,14 +69,9 @@ def odd_head(fcn: FCN) -> FCN:
 
 @contextmanager
 def network(kind: str, sources: dict[str, Path]) -> Iterator[FCN]:
-    """An FCN of each kind, its file (if any) open while it is used."""
-    if kind in ("keras1", "torchvision.pth"):  # tensors stream from the file
-        with load(str(sources[kind])) as graph:
-            yield to_fcn(graph)  # type: ignore[arg-type]
-    elif kind in ("vgg11", "vgg19"):
-        yield to_fcn(random_classifier(Arch.from_blocks(kind, (4, 8, 8, 16, 16), (32, 32), 10)))
-    else:
-        yield odd_head(tiny_fcn()) if kind == "odd-head" else tiny_fcn()
+    """An FCN of each kind (`helpers.fcn_of_kind`), this file's `odd_head` for "odd-head"."""
+    with fcn_of_kind(kind, sources, odd_head) as fcn:
+        yield fcn
 
 
 def keras_twin(fcn: FCN) -> keras.Model:
@@ -193,7 +188,7 @@ def test_our_metadata_rides_in_metadata_json_after_the_weights(tmp_path: Path) -
     }
     storage = Storage("keras", "HWIO", "source", "float32")
     info = fcn_metadata_module.info("m.keras", stored[keras_fcn.VGGFCN_KEY], storage)
-    assert info == replace(fcn.info, path="m.keras", storage=storage)
+    assert info == replace(fcn.info, path="m.keras", storage=storage, **PROVENANCE)
     keras.saving.load_model(path, safe_mode=True)  # Keras ignores the extra key
 
 
@@ -230,7 +225,9 @@ def test_rewrites_are_byte_identical_and_our_reader_reads_them(
         assert write(tmp_path / "b.keras", fcn).read_bytes() == first.read_bytes()
         with load(str(first)) as back:  # vggfcn's Keras reader: keras_archive
             assert isinstance(back, FCN)  # our own .keras reads back as the network it holds
-            assert back.info == replace(fcn.info, path=str(first), storage=back.info.storage)
+            assert back.info == replace(
+                fcn.info, path=str(first), storage=back.info.storage, **PROVENANCE
+            )
             x = np.random.default_rng(2).standard_normal((1, 256, 352, 3), dtype=np.float32)
             np.testing.assert_array_equal(logits(back, x), logits(fcn, x))
             assert [layer.source_name for layer in back.layers] == keras_fcn.layer_names(fcn)

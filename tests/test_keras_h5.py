@@ -1,4 +1,8 @@
-"""The Keras HDF5 reader: every generation yields the same source graph, or a clear error."""
+"""The Keras HDF5 reader (`formats/keras_h5.py`): every generation yields the same source graph,
+or a clear error; every missing dataset named at once.
+
+Shapes that do not chain (a transposed kernel, a "notop" file) are tested in test_shapes.py.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 import pytest
 
 from fixtures.generate import GENERATIONS, make_weights
-from tests.conftest import read_all
+from tests.helpers import edited_h5, read_all, refuse_everywhere
 from vggfcn.errors import ArchitectureError, FormatError
 from vggfcn.formats import load
 from vggfcn.graph import Conv, Dense, Flatten, MaxPool, SourceGraph
@@ -80,29 +84,6 @@ def test_layer_order_comes_from_attributes_not_listing(keras1: Path, tmp_path: P
         read_all(path)
 
 
-def test_notop_file_says_there_is_no_head(make_file: Callable[..., Path]) -> None:
-    with pytest.raises(ArchitectureError, match="notop"):
-        read_all(make_file("keras1", top=False))
-
-
-def test_wrong_shapes_are_all_reported_at_once(keras1: Path, tmp_path: Path) -> None:
-    path = tmp_path / "bad.h5"
-    path.write_bytes(keras1.read_bytes())
-    with h5py.File(path, "r+") as f:
-        w = f["fc1/fc1_W_1:0"][()]
-        del f["fc1/fc1_W_1:0"]
-        f["fc1"].create_dataset("fc1_W_1:0", data=w.T)  # transposed
-        b = f["block3_conv2/block3_conv2_b_1:0"][()]
-        del f["block3_conv2/block3_conv2_b_1:0"]
-        f["block3_conv2"].create_dataset("block3_conv2_b_1:0", data=b[:-1])
-    with pytest.raises(ArchitectureError) as err:
-        read_all(path)
-    message = str(err.value)
-    assert str(path) in message
-    assert "fc1 kernel has shape (32, 784), expected (784, 32)" in message
-    assert "block3_conv2 bias" in message
-
-
 def test_missing_dataset_names_the_path(keras1: Path, tmp_path: Path) -> None:
     path = tmp_path / "missing.h5"
     path.write_bytes(keras1.read_bytes())
@@ -110,6 +91,16 @@ def test_missing_dataset_names_the_path(keras1: Path, tmp_path: Path) -> None:
         del f["fc2/fc2_b_1:0"]
     with pytest.raises(ArchitectureError, match=r"missing /fc2/fc2_b_1:0 \(expected \(32,\)\)"):
         read_all(path)
+
+
+def test_missing_keras_datasets_are_listed_at_once(keras1: Path, tmp_path: Path) -> None:
+    def drop(f: h5py.File) -> None:
+        del f["fc2/fc2_b_1:0"]
+        del f["predictions/predictions_W_1:0"]
+        del f["block2_conv1/block2_conv1_W_1:0"]
+
+    source = edited_h5(keras1, tmp_path / "partial.h5", drop)
+    refuse_everywhere(source, "fc2_b_1:0", "predictions_W_1:0", "block2_conv1_W_1:0")
 
 
 def test_links_to_other_files_are_refused_without_opening_them(

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-import subprocess
-import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import Evil, stdout_without
 from vggfcn.errors import FormatError
 from vggfcn.formats.npy_file import read_layer_dict
 
@@ -105,16 +104,6 @@ def _py2_file(path: Path, layers: dict[str, list[np.ndarray]]) -> Path:
     return _with_header(path, _py2_payload(encoded))
 
 
-class Evil:
-    """Runs a shell command when a normal unpickler loads it."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))
-
-
 # ---------------------------------------------------------------- good files
 
 
@@ -161,13 +150,10 @@ def test_caffe_tensorflow_weights_biases_dicts_become_pairs(tmp_path: Path) -> N
 def test_reader_works_where_torch_cannot_be_imported(tmp_path: Path) -> None:
     path = _save(tmp_path / "v.npy", {"conv1_1": [np.arange(3.0)]})
     code = (
-        "import sys; sys.modules['torch'] = None\n"
         "from vggfcn.formats.npy_file import read_layer_dict\n"
         f"print(read_layer_dict({str(path)!r})['conv1_1'][0].tolist())"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[0.0, 1.0, 2.0]"
+    assert stdout_without(["torch"], code).strip() == "[0.0, 1.0, 2.0]"
 
 
 # ---------------------------------------------------------------- hostile payloads

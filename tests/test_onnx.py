@@ -20,25 +20,27 @@ from onnx import helper, numpy_helper
 
 import vggfcn
 from tests.helpers import (
+    FCN_KINDS,
+    PROVENANCE,
     assert_reader_refuses,
+    assert_refused,
     fcn_metadata,
+    fcn_of_kind,
     frameworks_imported,
+    run,
     tiny_fcn,
     tiny_fcn_with_nan,
     write_output,
 )
-from vggfcn.arch import Arch
-from vggfcn.convert import to_fcn
 from vggfcn.errors import FormatError, VggfcnError
 from vggfcn.fcn import FCN, Storage
-from vggfcn.formats import detect, load, onnx_fcn
+from vggfcn.formats import detect, onnx_fcn
 from vggfcn.forward import logits
-from vggfcn.synthetic import random_classifier
 from vggfcn.tensor import Tensor
 
 #: (H, W) inputs: a 1x1 score map, 3x3, and a non-square one.
 SIZES = [(224, 224), (288, 288), (256, 352)]
-KINDS = ["tiny", "keras1", "torchvision.pth", "vgg11", "vgg19", "odd-head"]
+KINDS = FCN_KINDS
 
 
 def write(path: Path, fcn: FCN, **options: bool) -> Path:
@@ -54,14 +56,9 @@ def odd_head(fcn: FCN) -> FCN:
 
 @contextmanager
 def network(kind: str, sources: dict[str, Path]) -> Iterator[FCN]:
-    """An FCN of each kind, its file (if any) open while it is used."""
-    if kind in ("keras1", "torchvision.pth"):
-        with load(str(sources[kind])) as graph:
-            yield to_fcn(graph)  # type: ignore[arg-type]
-    elif kind in ("vgg11", "vgg19"):
-        yield to_fcn(random_classifier(Arch.from_blocks(kind, (4, 8, 8, 16, 16), (32, 32), 10)))
-    else:
-        yield odd_head(tiny_fcn()) if kind == "odd-head" else tiny_fcn()
+    """An FCN of each kind (`helpers.fcn_of_kind`), this file's `odd_head` for "odd-head"."""
+    with fcn_of_kind(kind, sources, odd_head) as fcn:
+        yield fcn
 
 
 def refused(path: Path, *expected: str) -> str:
@@ -131,14 +128,15 @@ def test_node_names_follow_the_source_and_stay_unique_and_valid(tmp_path: Path) 
         assert [layer.source_name for layer in back.layers] == names
 
 
-def test_detection_knows_our_files_and_nothing_else(
+def test_detection_knows_onnx_files_and_nothing_else(
     sources: dict[str, Path], tmp_path: Path
 ) -> None:
+    """Ours and any other producer's (a source, `onnx_source`) are ONNX; no other format is."""
     ours = write(tmp_path / "m.onnx", tiny_fcn())
-    assert detect.is_onnx(detect.probe(str(ours)))
     other = tmp_path / "other.onnx"
     onnx.save(_foreign_model(), str(other))
-    for path in [other, *sources.values()]:
+    assert detect.is_onnx(detect.probe(str(ours))) and detect.is_onnx(detect.probe(str(other)))
+    for path in sources.values():
         assert not detect.is_onnx(detect.probe(str(path))), path
 
 
@@ -169,7 +167,7 @@ def test_writes_are_reproducible_and_read_back_exactly(
                 np.testing.assert_array_equal(ours.kernel.read(), theirs.kernel.read())
                 np.testing.assert_array_equal(ours.bias.read(), theirs.bias.read())
             storage = Storage("onnx", "OIHW", "source", "float32")
-            assert back.info == replace(fcn.info, path=str(first), storage=storage)
+            assert back.info == replace(fcn.info, path=str(first), storage=storage, **PROVENANCE)
 
 
 def test_metadata_is_asked_for_after_the_weights(tmp_path: Path) -> None:
@@ -262,6 +260,25 @@ def test_another_producers_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.onnx"
     onnx.save(_foreign_model(), str(path))
     refused(path, "by 'pytorch'", "expected ir_version 8 by 'vggfcn'")
+
+
+def test_an_onnx_graph_with_an_op_we_never_write_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input", "input"], ["logits"])], "g", [x], [y]
+    )
+    model = helper.make_model(
+        graph, producer_name="vggfcn", opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    helper.set_model_props(model, {"format": "vggfcn-fcn", "format_version": "1"})
+    path = tmp_path / "add.onnx"
+    onnx.save(model, str(path))
+    assert_refused(run("inspect", path), path, "Add")
 
 
 def _extra_add(model: onnx.ModelProto) -> None:

@@ -1,9 +1,15 @@
-"""Outputs: never the input, never half-written, replaced only with --force and atomically,
-writable before heavy work, mode from the umask, byte-identical reruns, --verify first."""
+"""Output files: never the input, never half-written, replaced only with --force and atomically,
+writable before heavy work, mode from the umask, byte-identical reruns, options that do not apply
+refused, --verify before publishing — through the command line and the API.
+
+Faults while writing (a full disk, Ctrl-C) are tested in test_faults.py; what each output format
+holds in test_convert.py (safetensors), test_onnx.py and test_keras_fcn.py.
+"""
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import vggfcn.convert
 import vggfcn.formats
@@ -26,10 +33,11 @@ from tests.helpers import (
     write,
 )
 from vggfcn import api
-from vggfcn.errors import MismatchError
+from vggfcn.api import convert_file
+from vggfcn.errors import MismatchError, OutputError
 from vggfcn.selfcheck import fc6_read_as_chw
 
-# ------------------------------------------------------------ outputs
+# ------------------------------------------------------------ never the input
 
 
 @pytest.mark.parametrize("via", ["same path", "symlink", "hard link"])
@@ -51,6 +59,21 @@ def test_output_equal_to_input_is_refused(
     assert source.read_bytes() == before and temps(tmp_path) == []
 
 
+def test_output_equal_to_input_is_refused_even_through_links(keras1: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.h5"
+    source.write_bytes(keras1.read_bytes())
+    (tmp_path / "sym.h5").symlink_to(source)
+    os.link(source, tmp_path / "hard.h5")
+    before = source.read_bytes()
+    for out in (source, tmp_path / "sym.h5", tmp_path / "hard.h5"):
+        with pytest.raises(OutputError, match="output is the input"):
+            convert_file(str(source), str(out), force=True)
+    assert source.read_bytes() == before
+
+
+# ------------------------------------------------------------ replaced only with --force, whole
+
+
 def test_existing_output_needs_force(keras1: Path, tmp_path: Path) -> None:
     out = write(tmp_path / "out.safetensors", b"old contents")
     assert_refused(run("convert", keras1, out), out, "already exists", "--force")
@@ -59,6 +82,17 @@ def test_existing_output_needs_force(keras1: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert tensors(out)["fc6.kernel"].shape == (7, 7, 16, 32)
     assert temps(tmp_path) == []
+
+
+def test_existing_output_needs_force_and_is_replaced_whole(keras1: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"old")
+    with pytest.raises(OutputError, match="already exists"):
+        convert_file(str(keras1), str(out))
+    assert out.read_bytes() == b"old"
+    convert_file(str(keras1), str(out), force=True)
+    assert safetensors.numpy.load_file(str(out))
+    assert os.listdir(tmp_path) == ["o.safetensors"]
 
 
 def test_failed_forced_replacement_leaves_the_old_output(keras1: Path, tmp_path: Path) -> None:
@@ -71,6 +105,9 @@ def test_failed_forced_replacement_leaves_the_old_output(keras1: Path, tmp_path:
     out = write(tmp_path / "out.safetensors", b"old contents")
     assert_refused(run("convert", "--force", source, out), source, "NaN")
     assert out.read_bytes() == b"old contents" and temps(tmp_path) == []
+
+
+# ------------------------------------------------------------ writable before heavy work
 
 
 @pytest.fixture
@@ -111,6 +148,15 @@ def test_unwritable_output_fails_before_heavy_work(
     assert temps(tmp_path) == []
 
 
+def test_missing_output_directory_fails_before_reading(tmp_path: Path) -> None:
+    source = write(tmp_path / "never-read.h5", b"not a checkpoint: never opened")
+    with pytest.raises(OutputError, match="does not exist"):
+        convert_file(str(source), str(tmp_path / "nope" / "o.safetensors"))
+
+
+# ------------------------------------------------------------ mode and bytes
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_output_mode_follows_umask(keras1: Path, tmp_path: Path, umask: int, mode: int) -> None:
     out = tmp_path / "out.safetensors"
@@ -121,6 +167,15 @@ def test_output_mode_follows_umask(keras1: Path, tmp_path: Path, umask: int, mod
         os.umask(old)
     assert result.exit_code == 0, result.stderr
     assert out.stat().st_mode & 0o777 == mode
+
+
+def test_output_mode_follows_umask_in_the_api(keras1: Path, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        convert_file(str(keras1), str(tmp_path / "o.safetensors"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.safetensors").stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize(
@@ -134,12 +189,44 @@ def test_same_input_and_options_give_identical_bytes(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     moved = copy(sources[kind], elsewhere / sources[kind].name)
-    outputs = [tmp_path / "a.safetensors", tmp_path / "b.safetensors", elsewhere / "c.st"]
+    outputs = [tmp_path / "a.safetensors", tmp_path / "b.safetensors", elsewhere / "c.safetensors"]
     for source, out in zip([sources[kind], sources[kind], moved], outputs, strict=True):
         result = run("convert", *options, source, out)
         assert result.exit_code == 0, result.stderr
     first = outputs[0].read_bytes()
     assert all(out.read_bytes() == first for out in outputs[1:])
+
+
+def test_same_input_gives_byte_identical_output(keras1: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a" / "x.safetensors", tmp_path / "b" / "x.safetensors"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    convert_file(str(keras1), str(a))
+    convert_file(str(keras1), str(b))
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_outputs_are_byte_identical_across_runs(tmp_path: Path, keras1: Path) -> None:
+    for output in ("onnx", "keras"):
+        a, b = tmp_path / f"a.{output}", tmp_path / f"b.{output}"
+        assert run("convert", keras1, a).exit_code == 0
+        assert run("convert", keras1, b).exit_code == 0
+        assert a.read_bytes() == b.read_bytes()
+
+
+# ------------------------------------------------------------ options
+
+
+def test_output_options_that_do_not_apply_are_refused(tmp_path: Path, keras1: Path) -> None:
+    for options in (["--dtype", "float16"], ["--layout", "hwio"], ["--head", "reduced"]):
+        out = tmp_path / "x.onnx"
+        expected = f"cannot take {' '.join(options)}; it holds OIHW kernels"
+        assert_refused(run("convert", *options, keras1, out), out, expected, out=out)
+    out = tmp_path / "x.onnx"  # what an ONNX model holds anyway may be asked for
+    assert run("convert", "--layout", "oihw", keras1, out).exit_code == 0
+    out = tmp_path / "weights.bin"
+    result = run("convert", "--to", "keras", keras1, out)
+    assert result.exit_code == 0 and zipfile.is_zipfile(out)
 
 
 # ------------------------------------------------------------ convert --verify

@@ -1,4 +1,9 @@
-"""Dense prediction from the CLI and the API: map shapes, inputs, outputs, heatmaps."""
+"""Dense prediction (`predict.py`, `vggfcn predict`) from the CLI and the API: softmax, map
+shapes, inputs, the scores and the text and JSON reports.
+
+Heatmaps are tested in test_heatmap.py, class names in test_class_names.py, image and array
+inputs in test_images.py.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +15,28 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.helpers import write_image
 from vggfcn import forward
-from vggfcn.api import convert_file, heatmap_file, predict_file
 from vggfcn.cli import main
+from vggfcn.dense import predict_file
 from vggfcn.formats import load
 from vggfcn.images import preprocess_image
-from vggfcn.predict import class_probabilities, top_cells
+from vggfcn.predict import class_probabilities, softmax, top_cells
 
 
-@pytest.fixture
-def fcn_file(keras1: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "fcn.safetensors"
-    convert_file(str(keras1), str(out))
-    return out
+def test_softmax_sums_to_one_and_survives_huge_logits() -> None:
+    logits = np.array([[1000.0, 1000.0, 998.0], [-5.0, 0.0, 5.0]])
+    probs = softmax(logits)
+    assert probs.dtype == np.float32
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=-1), [1.0, 1.0], rtol=1e-6)
+    e = np.exp([0.0, 0.0, -2.0])
+    np.testing.assert_allclose(probs[0], e / e.sum(), rtol=1e-6)
 
 
-def _image(path: Path, height: int, width: int, seed: int = 0) -> Path:
-    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(path)
-    return path
+def test_softmax_along_another_axis() -> None:
+    logits = np.zeros((4, 2, 2))  # classes along axis 0, like (classes, h, w)
+    np.testing.assert_allclose(softmax(logits, axis=0), np.full((4, 2, 2), 0.25), rtol=1e-6)
 
 
 @pytest.mark.parametrize(("h", "w"), [(224, 224), (256, 300), (480, 320), (255, 263)])
@@ -54,16 +62,17 @@ def test_original_checkpoint_predicts_like_its_conversion(
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_predict_on_real_image_files(fcn_file: Path, tmp_path: Path, suffix: str) -> None:
-    image = _image(tmp_path / f"in{suffix}", 256, 320)
+    image = write_image(tmp_path / f"in{suffix}", 256, 320)
     out = tmp_path / "scores.npy"
     result = CliRunner().invoke(
-        main, ["predict", "--json", "--top", "2", "-o", str(out), str(fcn_file), str(image)]
+        main,
+        ["predict", "--json", "--cells", "--top", "2", "-o", str(out), str(fcn_file), str(image)],
     )
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["shape"] == [1, 2, 4, 10] and report["preprocess"] == "caffe"
     assert len(report["cells"]) == 8 and all(len(c["top"]) == 2 for c in report["cells"])
-    assert report["cells"][5]["window"] == [32, 32, 256, 256]  # cell (1, 1)
+    assert report["cells"][5]["window"] == {"top": 32, "left": 32, "bottom": 256, "right": 256}
     saved = np.load(out)
     rgb = np.asarray(Image.open(image).convert("RGB"))
     with load(str(fcn_file)) as w:
@@ -74,13 +83,13 @@ def test_predict_on_real_image_files(fcn_file: Path, tmp_path: Path, suffix: str
 
 
 def test_predict_text_output_names_windows(fcn_file: Path, tmp_path: Path) -> None:
-    image = _image(tmp_path / "in.png", 224, 256)
-    result = CliRunner().invoke(main, ["predict", str(fcn_file), str(image)])
+    image = write_image(tmp_path / "in.png", 224, 256)
+    result = CliRunner().invoke(main, ["predict", "--cells", str(fcn_file), str(image)])
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert "-> 1x2 map of 10 classes" in lines[0]
-    assert lines[2].startswith("  [0] cell (0,1) window y 0-224 x 32-256: ")
-    assert lines[2].count("class ") == 3
+    assert lines[5].startswith("  [0] cell (0,1) window y 0-224 x 32-256: ")
+    assert lines[5].count("class ") == 3
 
 
 def test_top_cells_use_imagenet_names_for_1000_classes() -> None:
@@ -94,7 +103,7 @@ def test_top_cells_use_imagenet_names_for_1000_classes() -> None:
 
 
 def test_predict_errors_are_one_line(fcn_file: Path, tmp_path: Path) -> None:
-    small = _image(tmp_path / "small.png", 100, 300)
+    small = write_image(tmp_path / "small.png", 100, 300)
     runner = CliRunner()
     result = runner.invoke(main, ["predict", str(fcn_file), str(small)])
     assert result.exit_code == 2 and "224" in result.stderr and str(small) in result.stderr
@@ -111,51 +120,3 @@ def test_predict_errors_are_one_line(fcn_file: Path, tmp_path: Path) -> None:
     assert (
         result.exit_code == 2 and "already exists" in result.stderr and out.read_bytes() == b"keep"
     )
-
-
-def test_heatmap_png_has_input_size_and_marks_the_strongest_cell(
-    fcn_file: Path, tmp_path: Path
-) -> None:
-    image = _image(tmp_path / "in.png", 300, 352, seed=3)
-    scores = predict_file(str(fcn_file), str(image)).scores
-    target = int(np.argmax(scores.max(axis=(0, 1, 2))))
-    probabilities = class_probabilities(scores, target)[0]
-    strongest = np.unravel_index(int(np.argmax(probabilities)), probabilities.shape)
-    out = tmp_path / "map.png"
-    result = CliRunner().invoke(
-        main,
-        ["heatmap", "--json", "--class", str(target), "-o", str(out), str(fcn_file), str(image)],
-    )
-    assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert tuple(report["hottest_cell"]) == tuple(int(v) for v in strongest)
-    with Image.open(out) as png:
-        assert png.format == "PNG" and png.size == (352, 300)
-    assert heatmap_file  # the API entry point behind the command
-
-
-def test_heatmap_refuses_arrays_and_unknown_names(fcn_file: Path, tmp_path: Path) -> None:
-    np.save(tmp_path / "x.npy", np.zeros((224, 224, 3), np.float32))
-    runner = CliRunner()
-    result = runner.invoke(
-        main,
-        [
-            "heatmap",
-            "-c",
-            "0",
-            "-o",
-            str(tmp_path / "m.png"),
-            str(fcn_file),
-            str(tmp_path / "x.npy"),
-        ],
-    )
-    assert result.exit_code == 2 and "needs an image file" in result.stderr
-    image = _image(tmp_path / "in.png", 224, 224)
-    result = runner.invoke(
-        main, ["heatmap", "-c", "tabby", "-o", str(tmp_path / "m.png"), str(fcn_file), str(image)]
-    )
-    assert (
-        result.exit_code == 2
-        and "names are known only for the 1000 ImageNet classes" in result.stderr
-    )
-    assert not (tmp_path / "m.png").exists()

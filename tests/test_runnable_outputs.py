@@ -2,12 +2,14 @@
 onnxruntime and real Keras, running our files, give the source framework's own logits at the
 native size and its own head on every pool5 window of a larger input — within verify's tolerance.
 The files are proven like the safetensors one: `verify` reads them back, `--verify` checks them
-before publishing, and a wrong one fails."""
+before publishing, and a wrong one fails; `predict` and `inspect` read them.
+
+What each file holds is tested in test_onnx.py and test_keras_fcn.py; what every output file
+promises (atomic, --force, reproducible, options) in test_outputs.py."""
 
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from torch import nn
 from fixtures.finetuned import keras_finetuned, keras_logits, torch_finetuned
 from fixtures.generate import TINY, write_checkpoint
 from fixtures.torch_vgg import classifier, timm_state_dict
-from tests.helpers import assert_refused, run
+from tests.helpers import assert_refused, nchw, run
 from vggfcn.arch import PLANS
 from vggfcn.verify import sample_images
 
@@ -40,11 +42,11 @@ def torch_reference(model: nn.Module, window: int = 7) -> tuple[Logits, Heads]:
 
     def logits(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(_nchw(x)).numpy()
+            return model(nchw(x)).numpy()
 
     def heads(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            pool5 = model.features(_nchw(x))
+            pool5 = model.features(nchw(x))
             h, w = pool5.shape[2] - window + 1, pool5.shape[3] - window + 1
             rows = [
                 [
@@ -98,10 +100,6 @@ def _flat_layers(model: Any) -> list[Any]:
         elif not isinstance(layer, keras.layers.InputLayer):
             out.append(layer)
     return out
-
-
-def _nchw(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
 # ------------------------------------------------------------ the sources
@@ -260,64 +258,6 @@ def test_truncated_outputs_are_refused(
     short.write_bytes(data[: int(len(data) * cut)])
     assert_refused(run("inspect", short), short)
     assert_refused(run("verify", keras1, short), short)
-
-
-def test_an_onnx_graph_with_an_op_we_never_write_is_refused(tmp_path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, "H", "W"])
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["input", "input"], ["logits"])], "g", [x], [y]
-    )
-    model = helper.make_model(
-        graph, producer_name="vggfcn", opset_imports=[helper.make_opsetid("", 17)]
-    )
-    model.ir_version = 8
-    helper.set_model_props(model, {"format": "vggfcn-fcn", "format_version": "1"})
-    path = tmp_path / "add.onnx"
-    onnx.save(model, str(path))
-    assert_refused(run("inspect", path), path, "Add")
-
-
-def test_a_keras_output_whose_config_names_a_custom_class_is_refused(
-    tmp_path: Path, keras1: Path
-) -> None:
-    import json
-
-    out = tmp_path / "fcn.keras"
-    assert run("convert", keras1, out).exit_code == 0
-    with zipfile.ZipFile(out) as z:
-        members = {info.filename: z.read(info) for info in z.infolist()}
-    config = json.loads(members["config.json"])
-    config["config"]["layers"][1]["registered_name"] = "evil>Conv2D"
-    members["config.json"] = json.dumps(config).encode()
-    bad = tmp_path / "custom.keras"
-    with zipfile.ZipFile(bad, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    assert_refused(run("inspect", bad), bad, "evil>Conv2D", "never imported")
-
-
-def test_output_options_that_do_not_apply_are_refused(tmp_path: Path, keras1: Path) -> None:
-    for options in (["--dtype", "float16"], ["--layout", "hwio"], ["--head", "reduced"]):
-        out = tmp_path / "x.onnx"
-        expected = f"cannot take {' '.join(options)}; it holds OIHW kernels"
-        assert_refused(run("convert", *options, keras1, out), out, expected, out=out)
-    out = tmp_path / "x.onnx"  # what an ONNX model holds anyway may be asked for
-    assert run("convert", "--layout", "oihw", keras1, out).exit_code == 0
-    out = tmp_path / "weights.bin"
-    result = run("convert", "--to", "keras", keras1, out)
-    assert result.exit_code == 0 and zipfile.is_zipfile(out)
-
-
-def test_outputs_are_byte_identical_across_runs(tmp_path: Path, keras1: Path) -> None:
-    for output in ("onnx", "keras"):
-        a, b = tmp_path / f"a.{output}", tmp_path / f"b.{output}"
-        assert run("convert", keras1, a).exit_code == 0
-        assert run("convert", keras1, b).exit_code == 0
-        assert a.read_bytes() == b.read_bytes()
 
 
 def test_predict_and_inspect_read_both_outputs(tmp_path: Path, keras1: Path) -> None:

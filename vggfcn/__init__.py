@@ -13,24 +13,27 @@ and the command line's start-up stay free of NumPy until something needs it (see
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import sys as _sys
+import types as _types
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
     "ConvertResult": "api",
-    "HeatmapResult": "api",
-    "PredictResult": "api",
+    "HeatmapResult": "dense",
+    "PredictResult": "dense",
     "convert_file": "api",
-    "heatmap_file": "api",
+    "heatmap_file": "dense",
     "inspect_file": "api",
-    "predict_file": "api",
+    "predict_file": "dense",
     "verify_files": "api",
     "to_fcn": "convert",
+    "atrous": "atrous",
+    "heatmap_files": "dense",
+    "predict_files": "dense",
     "ArchitectureError": "errors",
     "FormatError": "errors",
     "MismatchError": "errors",
@@ -58,30 +61,35 @@ __all__ = [
     "VerifyResult",
     "VggfcnError",
     "__version__",
+    "atrous",
     "convert_file",
     "describe",
     "heatmap_file",
+    "heatmap_files",
     "inspect_file",
     "load",
     "logits",
     "predict_file",
+    "predict_files",
     "to_fcn",
     "verify",
     "verify_files",
 ]
 
 if TYPE_CHECKING:
-    from .api import (
-        ConvertResult,
+    from typing import Any
+
+    from .api import ConvertResult, convert_file, inspect_file, verify_files
+    from .atrous import atrous
+    from .convert import to_fcn
+    from .dense import (
         HeatmapResult,
         PredictResult,
-        convert_file,
         heatmap_file,
-        inspect_file,
+        heatmap_files,
         predict_file,
-        verify_files,
+        predict_files,
     )
-    from .convert import to_fcn
     from .errors import ArchitectureError, FormatError, MismatchError, OutputError, VggfcnError
     from .fcn import FCN
     from .formats import load
@@ -95,23 +103,24 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # looked up once
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    """The API, and the module's own dunders: nothing it imports for its own use."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
 
 
-class _Package(types.ModuleType):
+class _Package(_types.ModuleType):
     """The package, keeping `vggfcn.verify` the function, as `from .verify import verify` in
     an eager `__init__` left it: the import system binds every submodule on its package once
     the submodule has loaded, which would make it the `vggfcn.verify` module instead."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if not (name in _EXPORTS and isinstance(value, types.ModuleType)):
+        if not (name in _EXPORTS and isinstance(value, _types.ModuleType)):
             super().__setattr__(name, value)
 
 
-sys.modules[__name__].__class__ = _Package
+_sys.modules[__name__].__class__ = _Package

@@ -10,26 +10,25 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from . import heatmap, imagenet, images
-from .atomic import atomic_write, check_output
+from .atomic import atomic_write, check_output, check_target
+from .atrous import atrous
 from .choices import HEADS
-from .convert import to_fcn
+from .convert import to_fcn, with_channel_order
 from .digest import source_digest
-from .errors import ArchitectureError, AssumptionWarning, MismatchError, VggfcnError
+from .errors import AssumptionWarning, MismatchError, ProvenanceWarning, VggfcnError
 from .fcn import FCN
-from .formats import Network, load
+from .formats import Network, check_exists, load
 from .formats.fcn_metadata import PendingMetadata, metadata
-from .formats.outputs import Job, output_for
-from .graph import SourceGraph
+from .formats.job import Job
+from .formats.outputs import check_replaceable, output_for
+from .graph import ChannelOrder, SourceGraph
 from .inspection import Report, describe
 from .layouts import shape_in, sizes_of
-from .predict import as_fcn, class_probabilities, score_map
 from .reduce import reduce_head
 from .reduced_check import ReducedResult
 from .verify import VerifyResult, prove
@@ -53,6 +52,7 @@ class ConvertResult:
     dtype: str  # its weights' precision
     arch: str
     head: str  # "classifier", or "reduced" (a backbone initialisation)
+    output_stride: int  # 32, or 16 and 8 à trous
     classes: int
     parameters: int
     fc6_shape: tuple[int, ...]  # the first head layer's kernel, in `layout`
@@ -76,6 +76,7 @@ def convert_file(
     head: str = "classifier",
     channel_order: str | None = None,
     to: str | None = None,
+    output_stride: int | None = None,
 ) -> ConvertResult:
     """Convert a VGG classifier checkpoint into a fully-convolutional network: safetensors
     weights, or a runnable ONNX or Keras `.keras` model.
@@ -100,6 +101,9 @@ def convert_file(
             flipped when the source expects the other).
         to: the output format, "safetensors", "onnx" or "keras"; by default OUTPUT's
             extension says.
+        output_stride: 32, or 16 and 8 à trous (`atrous`): an ONNX or Keras output runs
+            dilated, a safetensors file records it; by default 32 for a classifier and what a
+            converted network records for one re-written.
 
     Raises:
         VggfcnError: bad options or input (FormatError, ArchitectureError), output
@@ -108,6 +112,13 @@ def convert_file(
     """
     if head not in HEADS or channel_order not in (None, "rgb", "bgr"):
         raise VggfcnError(f"head must be one of {HEADS}, channel order rgb or bgr")
+    if head != "classifier" and output_stride not in (None, 32):
+        raise VggfcnError(
+            f"--head {head} and --output-stride {output_stride} exclude each other: the SSD/"
+            "DeepLab reduced head is its own approximate dilated construction, not à trous"
+        )
+    check_exists(source)  # a missing SOURCE is reported as such, before anything about OUTPUT
+    check_target(output, [source])
     target = output_for(output, to)
     storage = target.storage(output, layout, names, dtype, head.split("-")[0])
     if storage.names == "ssd" and (storage.layout != "OIHW" or head != "reduced"):
@@ -116,23 +127,29 @@ def convert_file(
             "--layout oihw (nn.Conv2d kernels)"
         )
     check_output(output, [source], force=force)
+    check_replaceable(output, target)
     with source_digest(source) as digest, load(source, input_size=input_size) as network:
-        graph = _classifier(network)
-        fcn = to_fcn(graph, channel_order=channel_order)  # type: ignore[arg-type]
+        original, fcn = _compiled(network, channel_order, input_size)
+        if output_stride is not None:
+            fcn = atrous(fcn, output_stride)
         if head != "classifier":
             fcn = reduce_head(fcn, keep_fc8=head == "reduced-fc8")
+        storage = target.storage(output, layout, names, dtype, fcn.info.head)
         checks: list[VerifyResult | ReducedResult] = []
 
         def check(temp: str) -> None:
             with target.read(temp) as written:
-                report = prove(graph, written)
+                report = prove(original, written)
             checks.append(report)
             if not report.passed:
                 raise MismatchError(
                     f"{output}: verification failed ({_failure(report)}); nothing was written"
                 )
 
-        draft = metadata(fcn, os.path.basename(source), "0" * 64, storage)
+        # A converted network re-written keeps its original's provenance.
+        rewritten = fcn.info.source_sha256 != ""
+        source_name = fcn.info.source_file if rewritten else os.path.basename(source)
+        draft = metadata(fcn, source_name, "0" * 64, storage)
         total = fcn.parameter_count() * 4  # float32 bytes streamed
         with (
             _progress(total, progress) as update,
@@ -145,7 +162,8 @@ def convert_file(
                 # finds only the metadata left to write.
                 f.flush()
                 os.fsync(f.fileno())
-                return {**draft, "source_sha256": digest.result()}
+                sha256 = fcn.info.source_sha256 if rewritten else digest.result()
+                return {**draft, "source_sha256": sha256}
 
             pending = PendingMetadata(draft, final)
             target.write(f, Job(fcn, storage, pending, update, allow_nonfinite))
@@ -158,19 +176,36 @@ def convert_file(
             dtype=storage.dtype,
             arch=fcn.name,
             head=fcn.info.head,
+            output_stride=fcn.output_stride,
             classes=fcn.classes,
             parameters=fcn.parameter_count(),
             fc6_shape=shape_in(storage.layout, sizes_of("HWIO", first)),
             bytes_written=os.path.getsize(output),
-            source_sha256=digest.result(),
+            source_sha256=fcn.info.source_sha256 if rewritten else digest.result(),
             verification=checks[0] if checks else None,
         )
 
 
-def _classifier(network: Network) -> SourceGraph:
-    if isinstance(network, FCN):
-        raise ArchitectureError(f"{network.path}: is already fully convolutional")
-    return network
+def _compiled(
+    network: Network, channel_order: str | None, input_size: Size | None
+) -> tuple[Network, FCN]:
+    """(what to prove the output against, the network to write): a classifier compiled, or a
+    converted network as it is (re-written in another format, with its channel order flipped
+    if asked), proven against itself.
+
+    Raises:
+        VggfcnError: --input-size for a converted network, which records its own.
+    """
+    order: ChannelOrder | None = channel_order  # type: ignore[assignment]
+    if isinstance(network, SourceGraph):
+        return network, to_fcn(network, channel_order=order)
+    if input_size is not None and input_size != network.info.input_size:
+        raise VggfcnError(
+            f"{network.path}: a converted network records its input size "
+            f"({network.info.input_size[0]}x{network.info.input_size[1]}); --input-size is "
+            "for classifiers whose file does not"
+        )
+    return network, network if order is None else with_channel_order(network, order)
 
 
 @contextmanager
@@ -191,7 +226,12 @@ def _failure(report: VerifyResult | ReducedResult) -> str:
     if isinstance(report, ReducedResult):
         bad = [f"{c.name} {c.mismatched} value(s)" for c in report.layers if c.mismatched]
         return ", ".join(bad + ([] if report.trunk_identical else ["trunk differs"]))
-    worst = max([report.max_scaled_error, *(c.agreement.max_scaled_error for c in report.spatial)])
+    if any(c.agreement is None for c in report.strided):
+        return f"its map is not the original's at output stride {report.output_stride}"
+    agreements = [c.agreement for c in report.spatial] + [
+        c.agreement for c in report.strided if c.agreement
+    ]
+    worst = max([report.max_scaled_error, *(a.max_scaled_error for a in agreements)])
     return f"max scaled error {worst:.2e} > tolerance"
 
 
@@ -203,135 +243,41 @@ def verify_files(
     `options` are `verify`'s (`verify.Options`): `sizes` defaults to the side that gives a 3x3
     map, `atol`/`rtol` to the tolerance of the converted file's precision.
     """
-    with load(original, input_size=input_size) as ref, load(converted) as fcn:
-        return prove(ref, fcn, **options)
+    with (
+        source_digest(original) as digest,
+        load(original, input_size=input_size) as ref,
+        load(converted) as fcn,
+    ):
+        report = prove(ref, fcn, **options)
+        _check_provenance(ref, fcn, original, converted, digest)
+    return report
 
 
-@dataclass(frozen=True)
-class PredictResult:
-    """`predict_file`'s answer: the logit map, how the input was prepared, what a cell sees."""
+def _check_provenance(
+    ref: Network, fcn: Network, original: str, converted: str, digest: Future[str]
+) -> None:
+    """Warn when CONVERTED records another source than ORIGINAL: a numeric FAIL alone would
+    not say that the files were mismatched, not the conversion wrong.
 
-    scores: np.ndarray  # (N, H//32 - p_h + 1, W//32 - p_w + 1, classes) logits
-    preprocess: str
-    input_shape: tuple[int, ...]
-    window: Size  # the input each cell is the classifier of: the size it was built for
-    labels: list[str] | None  # class names from --labels, if given
-
-
-def predict_file(
-    weights: str,
-    source: str,
-    *,
-    preprocess: str | None = None,
-    out: str | None = None,
-    force: bool = False,
-    labels: str | None = None,
-    input_size: Size | None = None,
-) -> PredictResult:
-    """Run the fully-convolutional network on an image or .npy input of any size >= its window.
-
-    Args:
-        weights: a converted file, or an original classifier (converted in memory).
-        source: an image (JPEG/PNG..., needs the `images` extra) or a .npy array, (H, W, 3) or
-            (N, H, W, 3), channels-last, already preprocessed.
-        preprocess: "caffe", "torch" or "none"; by default, for images, the preprocessing the
-            converted file records (caffe for Keras/Caffe sources, torch for PyTorch ones;
-            caffe when unknown), and "none" for arrays.
-        out: optional .npy path for the raw logit map, written atomically.
-        labels: a text file with one class name per line, for non-ImageNet heads.
+    Warns:
+        ProvenanceWarning: naming both sources and their digests.
     """
-    if out is not None:
-        check_output(out, [weights, source], force=force)
-    with load(weights, input_size=input_size) as network:
-        fcn = as_fcn(network)
-        mode = preprocess or ("none" if images.is_npy(source) else _preprocessing(fcn))
-        names = read_labels(labels, fcn.classes) if labels else None
-        x = images.load_input(source, mode, fcn.min_input, fcn.info.channel_order)
-        scores = score_map(fcn, x)
-    if out is not None:
-        with atomic_write(out) as f:
-            np.save(f, scores, allow_pickle=False)
-    return PredictResult(scores, mode, tuple(x.shape), fcn.info.input_size, names)
-
-
-@dataclass(frozen=True)
-class HeatmapResult:
-    """`heatmap_file`'s answer: the PNG written and where the class is most probable."""
-
-    output: str
-    class_index: int
-    class_name: str
-    cells: tuple[int, int]
-    hottest_cell: tuple[int, int]
-    hottest_probability: float
-
-
-def heatmap_file(
-    weights: str,
-    image: str,
-    class_name: str,
-    out: str,
-    *,
-    preprocess: str | None = None,
-    force: bool = False,
-    labels: str | None = None,
-    input_size: Size | None = None,
-) -> HeatmapResult:
-    """Write `image` with one class's per-cell probability overlaid as a colour map (PNG).
-
-    `class_name` is an index, an ImageNet name (1000-class heads) or a name from `labels`.
-    """
-    check_output(out, [weights, image], force=force)
-    if images.is_npy(image):
-        raise VggfcnError(f"{image}: a heatmap needs an image file to draw on, not a .npy array")
-    rgb = images.load_image(image)
-    with load(weights, input_size=input_size) as network:
-        fcn = as_fcn(network)
-        names = read_labels(labels, fcn.classes) if labels else None
-        images.check_size(image, rgb.shape[0], rgb.shape[1], fcn.min_input)
-        mode = preprocess or _preprocessing(fcn)
-        x = images.preprocess_image(rgb, mode, fcn.info.channel_order)[np.newaxis]
-        scores = score_map(fcn, x)
-    index = imagenet.class_index(class_name, fcn.classes, names)
-    probabilities = class_probabilities(scores, index)[0]
-    png = heatmap.encode_png(heatmap.overlay(rgb, probabilities, window=fcn.window))
-    with atomic_write(out) as f:
-        f.write(png)
-    hottest = np.unravel_index(int(np.argmax(probabilities)), probabilities.shape)
-    return HeatmapResult(
-        out,
-        index,
-        names[index] if names else imagenet.label(index, fcn.classes),
-        probabilities.shape,
-        (int(hottest[0]), int(hottest[1])),
-        float(probabilities.max()),
-    )
-
-
-def _preprocessing(fcn: FCN) -> str:
-    """How images are prepared by default: as the source's trainers did, where the file says
-    (caffe or torch), else Keras VGG's caffe mode."""
-    return fcn.info.preprocessing if fcn.info.preprocessing != "unknown" else "caffe"
-
-
-def read_labels(path: str, classes: int) -> list[str]:
-    """Class names from a text file, one per line (blank lines at the end ignored).
-
-    Raises:
-        VggfcnError: unreadable, or not one name per class of the network.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(1 << 24)
-    except (OSError, UnicodeDecodeError) as e:
-        raise VggfcnError(f"{path}: cannot read the labels ({e})") from None
-    names = [line.strip() for line in text.rstrip("\n").split("\n")]
-    if len(names) != classes or not all(names):
-        raise VggfcnError(
-            f"{path}: {len(names)} label line(s); the network has {classes} classes "
-            "(one non-empty name per line, in class order)"
+    if not isinstance(fcn, FCN) or not fcn.info.source_sha256:
+        return
+    recorded, made_from = fcn.info.source_sha256, fcn.info.source_file
+    actual = ref.info.source_sha256 if isinstance(ref, FCN) else digest.result()
+    if actual and actual != recorded:
+        # As many hex digits as tell the two apart (12 at least): a file edited after its
+        # conversion may record a digest that differs only late.
+        pairs = enumerate(zip(actual, recorded, strict=False))
+        shown = max(12, next((i for i, (a, b) in pairs if a != b), len(recorded)) + 1)
+        warnings.warn(
+            ProvenanceWarning(
+                f"{converted} was made from {made_from} (sha256 {recorded[:shown]}...), not "
+                f"from {os.path.basename(original)} (sha256 {actual[:shown]}...)"
+            ),
+            stacklevel=2,
         )
-    return names
 
 
 def inspect_file(path: str, *, input_size: Size | None = None) -> Report:

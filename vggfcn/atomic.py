@@ -18,12 +18,13 @@ from .writeback import early_writeback
 TEMP_SUFFIX = ".vggfcn-tmp"
 
 
-def check_output(path: str, inputs: list[str], *, force: bool) -> None:
-    """Fail before any heavy work if `path` cannot or must not be written.
+def check_target(path: str, inputs: list[str]) -> None:
+    """Refuse a path that cannot be an output whatever its name says: one of the inputs (also
+    through a link), or a directory. Checked before anything about the output's format, which
+    is the wrong complaint for `convert model.h5 model.h5`.
 
     Raises:
-        OutputError: the output is one of the inputs (also through a link), exists without
-        `force`, or its directory is missing or not writable.
+        OutputError: naming the path and what it is.
     """
     for source in inputs:
         same = os.path.realpath(path) == os.path.realpath(source) or (
@@ -33,6 +34,16 @@ def check_output(path: str, inputs: list[str], *, force: bool) -> None:
             raise OutputError(f"{path}: output is the input file {source}; choose another path")
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory, expected an output file path")
+
+
+def check_output(path: str, inputs: list[str], *, force: bool) -> None:
+    """Fail before any heavy work if `path` cannot or must not be written.
+
+    Raises:
+        OutputError: what `check_target` refuses; an output that exists without `force`, or
+        whose directory is missing or not writable.
+    """
+    check_target(path, inputs)
     if os.path.lexists(path) and not force:
         raise OutputError(f"{path}: already exists (use --force to replace it)")
     parent = os.path.dirname(os.path.abspath(path))

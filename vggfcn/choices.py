@@ -17,6 +17,8 @@ NAME_SCHEMES = ("vggfcn", "torch", "ssd")
 DTYPES = ("float32", "float16", "bfloat16")
 #: What `convert --head` makes of the classifier's head.
 HEADS = ("classifier", "reduced", "reduced-fc8")
+#: Output strides: 32, the classifier's, or finer, à trous (`atrous`).
+OUTPUT_STRIDES = (32, 16, 8)
 #: Output formats.
 OUTPUTS = ("safetensors", "onnx", "keras")
 #: Accepted image `preprocess` modes, in the order error messages list them.

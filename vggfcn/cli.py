@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -22,12 +22,21 @@ import click
 
 from . import __version__, digest
 from .arch import STRIDE
-from .choices import DTYPES, HEADS, LAYOUTS, NAME_SCHEMES, OUTPUTS, PREPROCESS_MODES
-from .errors import AssumptionWarning, MismatchError, VggfcnError
+from .choices import (
+    DTYPES,
+    HEADS,
+    LAYOUTS,
+    NAME_SCHEMES,
+    OUTPUT_STRIDES,
+    OUTPUTS,
+    PREPROCESS_MODES,
+)
+from .errors import AssumptionWarning, MismatchError, Note, ProvenanceWarning, VggfcnError
 
 if TYPE_CHECKING:
+    from .dense import PredictResult
     from .reduced_check import ReducedResult
-    from .verify import VerifyResult
+    from .verify import StrideCheck, VerifyResult
 
 
 class ExitCode(IntEnum):
@@ -44,8 +53,8 @@ def exit_code(error: VggfcnError) -> ExitCode:
     return ExitCode.MISMATCH if isinstance(error, MismatchError) else ExitCode.BAD_INPUT
 
 
-#: The notes (`AssumptionWarning`s) the running command printed, for its --json output.
-_NOTES: list[str] = []
+#: The notes (`errors.Note` warnings) the running command printed, for its --json output.
+_NOTES: list[Warning] = []
 
 
 class _Command(click.Command):
@@ -53,23 +62,31 @@ class _Command(click.Command):
     and whose `AssumptionWarning`s are printed as notes on stderr as they happen."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return self._invoke(ctx)
+        except VggfcnError as e:
+            if ctx.params.get("as_json"):  # the error as one JSON object too, for scripts
+                _emit(ctx.info_name or "vggfcn", error=str(e), exit=int(exit_code(e)))
+            raise
+
+    def _invoke(self, ctx: click.Context) -> Any:
         import numpy as np
 
         _NOTES.clear()
         # Overflow and NaN are checked explicitly (and reported as one line); NumPy's own
         # RuntimeWarnings would only add noise to stderr.
         with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("always", AssumptionWarning)
+            warnings.simplefilter("always", Note)
             shown = warnings.showwarning
 
             def note(
                 message: Warning | str, category: type[Warning], *args: Any, **kw: Any
             ) -> None:
-                if not issubclass(category, AssumptionWarning):
+                if not isinstance(message, Note):
                     shown(message, category, *args, **kw)
                     return
                 click.echo(f"note: {message}", err=True)  # even with --quiet: not progress
-                _NOTES.append(str(message))
+                _NOTES.append(message)
 
             warnings.showwarning = note
             return super().invoke(ctx)
@@ -120,6 +137,16 @@ def _parse_size(
     return h, w
 
 
+def _output_stride(help: str) -> Callable[[Any], Any]:
+    """--output-stride, whose help says what it means to the command."""
+    return click.option(
+        "--output-stride",
+        type=click.Choice([str(s) for s in OUTPUT_STRIDES]),
+        callback=lambda _ctx, _param, value: None if value is None else int(value),
+        help=help,
+    )
+
+
 _input_size = click.option(
     "--input-size",
     callback=_parse_size,
@@ -129,13 +156,31 @@ _input_size = click.option(
 )
 
 
+#: How to get the other common kernel layout, said after a safetensors file's storage: the
+#: default suits Keras, TensorFlow and JAX; PyTorch's `nn.Conv2d` wants OIHW.
+_OTHER_LAYOUT = {
+    ("safetensors", "HWIO", "vggfcn"): " (for PyTorch nn.Conv2d: --layout oihw --names torch)",
+    ("safetensors", "OIHW", "torch"): " (for Keras, TensorFlow, JAX: the default, HWIO)",
+}
+
+
+def _emit(command: str, **fields: Any) -> None:
+    """A command's --json output: one object on stdout in the vocabulary of docs/json.md."""
+    click.echo(json.dumps({"command": command, **fields}))
+
+
+def _notes(kind: type[Note]) -> list[str]:
+    """The notes of one kind the running command printed, for its --json output."""
+    return [str(note) for note in _NOTES if isinstance(note, kind)]
+
+
 def _hash_early(_ctx: click.Context, _param: click.Parameter, source: str) -> str:
     """SOURCE, its hash started now: before the converter's modules import (`digest`)."""
     digest.start(source)
     return source
 
 
-@main.command()
+@main.command(short_help="Convert a VGG classifier into a fully-convolutional network.")
 @click.argument("source", type=click.Path(dir_okay=True), callback=_hash_early)
 @click.argument("output", type=click.Path())
 @click.option(
@@ -147,8 +192,9 @@ def _hash_early(_ctx: click.Context, _param: click.Parameter, source: str) -> st
 @click.option(
     "--names",
     type=click.Choice(NAME_SCHEMES),
-    help="Tensor names of a .safetensors: vggfcn (block1_conv1.kernel, fc6.bias) [default] or "
-    "torch (features.N.weight, fc6.weight: loads into a torchvision-style VGG with conv heads).",
+    help="Tensor names of a .safetensors: vggfcn (block1_conv1.kernel, fc6.bias) [default], "
+    "torch (features.N.weight, fc6.weight: loads into a torchvision-style VGG with conv heads) "
+    "or ssd (with --head reduced --layout oihw: ssd.pytorch's vgg ModuleList keys, 0..33).",
 )
 @click.option(
     "--dtype",
@@ -181,12 +227,16 @@ def _hash_early(_ctx: click.Context, _param: click.Parameter, source: str) -> st
 )
 @click.option(
     "--rgb",
-    "channel_order",
-    flag_value="rgb",
+    is_flag=True,
     help="Take RGB images: flip conv1's input channels if the source expects BGR (Caffe, "
     "Keras VGG).",
 )
-@click.option("--bgr", "channel_order", flag_value="bgr", help="Take BGR images (the reverse).")
+@click.option("--bgr", is_flag=True, help="Take BGR images (the reverse).")
+@_output_stride(
+    "Input pixels between score-map cells: 32, or 16 and 8 à trous (pools lose their stride, "
+    "later filters are dilated; .onnx and .keras run dilated, .safetensors records it) "
+    "[default: 32; a converted SOURCE keeps its own]."
+)
 @_input_size
 @_quiet
 @_json
@@ -201,7 +251,9 @@ def convert(
     allow_nonfinite: bool,
     to: str | None,
     head: str,
-    channel_order: str | None,
+    rgb: bool,
+    bgr: bool,
+    output_stride: int | None,
     input_size: tuple[int, int] | None,
     quiet: bool,
     as_json: bool,
@@ -209,12 +261,19 @@ def convert(
     """Convert a VGG classifier checkpoint SOURCE into a fully-convolutional OUTPUT.
 
     OUTPUT's extension picks the format: .safetensors (weights), .onnx (a runnable ONNX model:
-    onnxruntime, TensorRT, OpenVINO) or .keras (a Keras 3 model: keras.saving.load_model).
+    onnxruntime, TensorRT, OpenVINO) or .keras (a Keras 3 model: keras.saving.load_model);
+    --to chooses it for any other name. An existing checkpoint of another kind is never
+    replaced, even with --force.
 
-    SOURCE is a Keras model (.keras, or HDF5 of any generation, fine-tuned heads included), a
-    torchvision or timm state dict (.pth or safetensors, wrapped or not; pickles are read
-    without running them) or a tensorflow-vgg .npy, chosen by content. The first dense layer
-    becomes a p x p convolution over pool5 (7x7 for a 224x224 VGG), the later ones 1x1.
+    SOURCE is chosen by content: a Keras model (.keras, or HDF5 of any generation, fine-tuned
+    heads included), a torchvision or timm state dict (.pth or safetensors, wrapped or not;
+    pickles are read without running them), a tensorflow-vgg .npy, a Caffe .caffemodel, or a
+    file vggfcn converted (re-written in another format). The first dense layer becomes a
+    p x p convolution over pool5 (7x7 for a 224x224 VGG), the later ones 1x1.
+
+    --head reduced writes SSD's and DeepLab's VGG16 backbone (fc6/fc7 decimated to 1024 3x3
+    and 1x1 filters; a backbone to train, not a classifier); with --names ssd --layout oihw
+    its keys load straight into ssd.pytorch's `vgg` ModuleList.
 
     \b
     Examples:
@@ -225,6 +284,9 @@ def convert(
     from . import api
     from .verify import VerifyResult
 
+    if rgb and bgr:
+        raise VggfcnError("--rgb and --bgr exclude each other: give the one order OUTPUT takes")
+    channel_order = "rgb" if rgb else "bgr" if bgr else None
     result = api.convert_file(
         source,
         output,
@@ -239,16 +301,23 @@ def convert(
         head=head,
         channel_order=channel_order,
         to=to,
+        output_stride=output_stride,
     )
     if as_json:
-        click.echo(json.dumps({**asdict(result), "assumptions": _NOTES}))
+        _emit("convert", source=source, **asdict(result), assumptions=_notes(AssumptionWarning))
     elif not quiet:
         what = "fully convolutional" if result.head == "classifier" else "reduced backbone"
+        if result.output_stride != STRIDE:
+            what += f" at output stride {result.output_stride}"
         first = "fc6" if result.head == "classifier" else "conv6"
         outputs = "classes" if result.head == "classifier" else "output channels"
         click.echo(
             f"wrote {result.output}: {result.arch} {what}, {result.classes} {outputs}, "
             f"{result.parameters:,} parameters, {first} as {result.fc6_shape} {result.layout}"
+        )
+        click.echo(
+            f"  {result.format}: {result.layout} kernels, {result.names} names, {result.dtype}"
+            + _OTHER_LAYOUT.get((result.format, result.layout, result.names), "")
         )
         check = result.verification
         if isinstance(check, VerifyResult):
@@ -260,7 +329,7 @@ def convert(
             click.echo("verified before publishing: trunk bit-identical, every kept value equal")
 
 
-@main.command()
+@main.command(short_help="Prove a converted network computes what its original does.")
 @click.argument("original", required=False, type=click.Path())
 @click.argument("converted", required=False, type=click.Path())
 @click.option(
@@ -342,7 +411,14 @@ def verify(
         input_size=input_size,
     )
     if as_json:
-        click.echo(json.dumps(report.as_dict()))
+        _emit(
+            "verify",
+            original=original,
+            converted=converted,
+            **report.as_dict(),
+            assumptions=_notes(AssumptionWarning),
+            provenance=next(iter(_notes(ProvenanceWarning)), None),
+        )
     elif not quiet:
         click.echo(
             _format_report(report) if isinstance(report, VerifyResult) else _format_reduced(report)
@@ -366,13 +442,34 @@ _labels = click.option(
 )
 
 
-@main.command()
-@click.argument("weights", type=click.Path())
-@click.argument("source", metavar="INPUT", type=click.Path())
-@click.option("-o", "--out", type=click.Path(), help="Write the logit map (N, h, w, classes) .npy.")
-@click.option(
-    "-k", "--top", default=3, show_default=True, type=click.IntRange(1), help="Classes per cell."
+_inputs = click.argument("sources", metavar="INPUT...", nargs=-1, required=True, type=click.Path())
+_stride_to_run = _output_stride(
+    "Input pixels between score-map cells: 32, or 16 and 8 à trous (finer maps, the same "
+    "classifier at every shift) [default: what WEIGHTS records, 32 for an original]."
 )
+
+
+@main.command(short_help="Dense prediction: maps of class scores over inputs.")
+@click.argument("weights", type=click.Path())
+@_inputs
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),
+    help="Write each logit map (N, h, w, classes) as .npy: this file for one INPUT, or "
+    "<name>.npy in this folder for several (a folder, or a path ending in /).",
+)
+@click.option(
+    "-k", "--top", default=3, show_default=True, type=click.IntRange(1), help="Classes shown."
+)
+@click.option("--cells", is_flag=True, help="List every cell's top classes, not only the map's.")
+@click.option(
+    "--channels-first/--channels-last",
+    default=None,
+    help="A .npy INPUT is (N, 3, H, W), as torch pipelines save it, or (N, H, W, 3) [default: "
+    "channels-last, or channels-first when only that reading fits].",
+)
+@_stride_to_run
 @_preprocess
 @_labels
 @_input_size
@@ -381,9 +478,12 @@ _labels = click.option(
 @_json
 def predict(
     weights: str,
-    source: str,
+    sources: tuple[str, ...],
     out: str | None,
     top: int,
+    cells: bool,
+    channels_first: bool | None,
+    output_stride: int | None,
     preprocess: str | None,
     labels: str | None,
     input_size: tuple[int, int] | None,
@@ -391,64 +491,70 @@ def predict(
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Dense prediction: a map of class scores for an INPUT of any size >= the window.
+    """Dense prediction: a map of class scores for each INPUT of any size >= the window.
 
-    WEIGHTS is a converted file (or an original classifier, converted in memory). INPUT is an
-    image (needs `pip install 'vggfcn[images]'`) or a preprocessed .npy array (H, W, 3) or
-    (N, H, W, 3). Cell (i, j) of the map sees the window at (32i, 32j) of the size the
-    classifier was built for (224x224 for a stock VGG: a (H//32 - 6) x (W//32 - 6) map).
+    WEIGHTS is a converted file (or an original classifier, converted in memory), loaded once.
+    Each INPUT is an image (needs Pillow, the `images` extra), a preprocessed .npy array
+    (H, W, 3) or (N, H, W, 3), a folder of them, or a quoted glob. Cell (i, j) of a map is
+    the classifier on the window at (s*i, s*j), s the output stride (a 224x224 VGG at stride
+    32 gives a (H//32 - 6) x (W//32 - 6) map). For each input: the classes the map holds most
+    strongly, each with its highest probability and the cell where it peaks. A bad input is
+    reported and the others go on; the exit code is then 2.
 
     \b
-    Example:
-      vggfcn predict vgg16.fcn.safetensors cat.jpg --top 3 --out scores.npy
+    Examples:
+      vggfcn predict vgg16.fcn.safetensors cat.jpg --top 3
+      vggfcn predict vgg16.fcn.safetensors shots/ --output-stride 8 --out maps/ --json
     """
-    from . import api
-    from .predict import top_cells
+    from . import dense
 
-    result = api.predict_file(
+    paths, failed = _expand(sources, as_json, "predict")
+    results = dense.predict_files(
         weights,
-        source,
+        paths,
         preprocess=preprocess,
         out=out,
         force=force,
         labels=labels,
         input_size=input_size,
+        channels_first=channels_first,
+        output_stride=output_stride,
+        top=top,
     )
-    cells = top_cells(result.scores, top, result.window, result.labels)
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "shape": list(result.scores.shape),
-                    "input_shape": list(result.input_shape),
-                    "preprocess": result.preprocess,
-                    "out": out,
-                    "cells": [asdict(c) for c in cells],
-                }
-            )
-        )
-        return
-    if quiet:
-        return
-    n, h, w, k = result.scores.shape
-    click.echo(
-        f"{source}: {n} input(s) {result.input_shape[1]}x{result.input_shape[2]} "
-        f"(preprocess {result.preprocess}) -> {h}x{w} map of {k} classes"
-        + (f", logits written to {out}" if out else "")
+    cells_k = top if cells else 0
+    _report(
+        results,
+        len(paths),
+        failed,
+        command="predict",
+        weights=weights,
+        quiet=quiet,
+        as_json=as_json,
+        fields=lambda result: _predict_fields(result, cells_k),
+        lines=lambda result: _predict_lines(result, cells_k),
     )
-    for c in cells:
-        y0, x0, y1, x1 = c.window
-        guesses = "  ".join(f"{g.index} {g.name} {g.probability:.1%}" for g in c.top)
-        click.echo(
-            f"  [{c.image}] cell ({c.row},{c.col}) window y {y0}-{y1} x {x0}-{x1}: {guesses}"
-        )
 
 
-@main.command()
+@main.command(short_help="Draw one class's probability over images (PNG).")
 @click.argument("weights", type=click.Path())
-@click.argument("image", type=click.Path())
+@_inputs
 @click.option("-c", "--class", "class_", required=True, help="Class index or ImageNet name.")
-@click.option("-o", "--out", required=True, type=click.Path(), help="PNG file to write.")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="The PNG for one INPUT, or a folder that gets <name>.png for each (a folder, or a "
+    "path ending in /).",
+)
+@click.option(
+    "--alpha",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="The colour map's weight over the image.",
+)
+@_stride_to_run
 @_preprocess
 @_labels
 @_input_size
@@ -457,9 +563,11 @@ def predict(
 @_json
 def heatmap(
     weights: str,
-    image: str,
+    sources: tuple[str, ...],
     class_: str,
     out: str,
+    alpha: float,
+    output_stride: int | None,
     preprocess: str | None,
     labels: str | None,
     input_size: tuple[int, int] | None,
@@ -467,39 +575,171 @@ def heatmap(
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Draw one class's per-cell probability over IMAGE as a colour map (PNG).
+    """Draw one class's per-cell probability over each image INPUT as a colour map (PNG),
+    with a legend: the colour scale, the class, the map's maximum and the output stride.
 
     Probabilities are a softmax over the classes of each cell; each pixel shows the mean over
-    the cells whose windows cover it (stride 32). --class takes an index, an ImageNet name, or
-    a name from --labels.
+    the cells whose windows cover it. --class takes an index, an ImageNet name, or a name from
+    --labels. INPUT may be images, folders of them and quoted globs; a bad one is reported and
+    the others go on (exit 2 at the end).
 
     \b
-    Example:
+    Examples:
       vggfcn heatmap vgg16.fcn.safetensors cat.jpg --class tabby --out tabby.png
+      vggfcn heatmap vgg16.fcn.safetensors shots/ --class 281 --output-stride 8 --out heat/
     """
-    from . import api
+    from . import dense
 
-    result = api.heatmap_file(
+    paths, failed = _expand(sources, as_json, "heatmap")
+    results = dense.heatmap_files(
         weights,
-        image,
+        paths,
         class_,
         out,
+        alpha=alpha,
         preprocess=preprocess,
         force=force,
         labels=labels,
         input_size=input_size,
+        output_stride=output_stride,
     )
-    if as_json:
-        click.echo(json.dumps(asdict(result)))
-    elif not quiet:
-        click.echo(
-            f"wrote {result.output}: class {result.class_index} ({result.class_name}), "
-            f"{result.cells[0]}x{result.cells[1]} cells, hottest cell {result.hottest_cell} "
+    _report(
+        results,
+        len(paths),
+        failed,
+        command="heatmap",
+        weights=weights,
+        quiet=quiet,
+        as_json=as_json,
+        fields=asdict,
+        lines=lambda result: [
+            f"wrote {result.output}: {result.input}, class {result.class_index} "
+            f"({result.class_name}), {result.map_shape[0]}x{result.map_shape[1]} cells "
+            f"at stride {result.output_stride}, hottest cell {result.hottest_cell} "
             f"p={result.hottest_probability:.3f}"
-        )
+        ],
+    )
 
 
-@main.command()
+def _expand(sources: Sequence[str], as_json: bool, command: str) -> tuple[list[str], bool]:
+    """The input files INPUT... names, and whether an argument named none (reported now)."""
+    from .inputs import expand
+
+    paths, unmatched = expand(sources)
+    for u in unmatched:
+        _report_failure(u.argument, u.error, as_json, command)
+    if not paths and not unmatched:
+        raise VggfcnError("no INPUT given")
+    return paths, bool(unmatched)
+
+
+def _each(results: Iterable[Any], total: int, quiet: bool) -> Iterator[tuple[Any, list[str]]]:
+    """Each result with the assumptions noted while it was made (a .npy read channels-first),
+    with a progress bar on a terminal's stderr when there are several inputs."""
+    bar = None
+    if total > 1 and _show_progress(quiet):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, file=sys.stderr, unit="input", leave=False)
+    seen = 0
+    try:
+        for result in results:
+            assumed = [str(n) for n in _NOTES[seen:] if isinstance(n, AssumptionWarning)]
+            seen = len(_NOTES)
+            if bar is not None:
+                bar.update()
+            yield result, assumed
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _report(
+    results: Iterable[Any],
+    total: int,
+    failed: bool,
+    *,
+    command: str,
+    weights: str,
+    quiet: bool,
+    as_json: bool,
+    fields: Callable[[Any], dict[str, Any]],
+    lines: Callable[[Any], list[str]],
+) -> None:
+    """Each input's result as it comes (its JSON object, or its text lines), each failure as
+    its error; exit 2 at the end if any input failed (`failed`: one already has)."""
+    from .dense import Failure
+
+    for result, assumed in _each(results, total, quiet):
+        if isinstance(result, Failure):
+            _report_failure(result.input, result.error, as_json, command)
+            failed = True
+        elif as_json:
+            _emit(command, weights=weights, **fields(result), assumptions=assumed)
+        elif not quiet:
+            click.echo("\n".join(lines(result)))
+    if failed:
+        click.get_current_context().exit(ExitCode.BAD_INPUT)
+
+
+def _report_failure(source: str, error: str, as_json: bool, command: str) -> None:
+    """One input's error: its line on stderr, and with --json its object on stdout."""
+    click.echo(f"vggfcn: error: {error}", err=True)
+    if as_json:
+        _emit(command, input=source, error=error, exit=int(ExitCode.BAD_INPUT))
+
+
+def _predict_fields(result: PredictResult, cells: int) -> dict[str, Any]:
+    """One input's --json object (docs/json.md): the map's summary, and its cells if asked."""
+    from .predict import top_cells
+
+    fields: dict[str, Any] = {
+        "input": result.input,
+        "output": result.output,
+        "shape": list(result.scores.shape),
+        "input_shape": list(result.input_shape),
+        "preprocess": result.preprocess,
+        "output_stride": result.output_stride,
+        "top": [[asdict(peak) for peak in image] for image in result.top],
+    }
+    if cells:
+        found = top_cells(result.scores, cells, result.window, result.labels, result.output_stride)
+        fields["cells"] = [asdict(c) for c in found]
+    return fields
+
+
+def _predict_lines(result: PredictResult, cells: int) -> list[str]:
+    """One input's text summary: a line for the map, one per top class (per image of a
+    batch), and with --cells one per cell."""
+    from .predict import top_cells
+
+    n, h, w, k = result.scores.shape
+    shape = result.input_shape
+    lines = [
+        f"{result.input}: {n} input(s) {shape[1]}x{shape[2]} (preprocess {result.preprocess}) "
+        f"-> {h}x{w} map of {k} classes at stride {result.output_stride}"
+        + (f", logits written to {result.output}" if result.output else "")
+    ]
+    for image, peaks in enumerate(result.top):
+        prefix = f"  [{image}]" if n > 1 else " "
+        lines += [
+            f"{prefix} {p.index} {p.name} {p.probability:.1%} at cell ({p.cell[0]},{p.cell[1]})"
+            f" window y {p.window.top}-{p.window.bottom} x {p.window.left}-{p.window.right}"
+            for p in peaks
+        ]
+    if cells:
+        for c in top_cells(
+            result.scores, cells, result.window, result.labels, result.output_stride
+        ):
+            y0, x0, y1, x1 = c.window.top, c.window.left, c.window.bottom, c.window.right
+            guesses = "  ".join(f"{g.index} {g.name} {g.probability:.1%}" for g in c.top)
+            lines.append(
+                f"  [{c.image}] cell ({c.row},{c.col}) window y {y0}-{y1} x {x0}-{x1}: {guesses}"
+            )
+    return lines
+
+
+@main.command(short_help="Show what a checkpoint or converted file holds.")
 @click.argument("file", type=click.Path())
 @_input_size
 @_json
@@ -514,7 +754,7 @@ def inspect(file: str, input_size: tuple[int, int] | None, as_json: bool) -> Non
 
     report = api.inspect_file(file, input_size=input_size)
     if as_json:
-        click.echo(json.dumps(report.as_dict()))
+        _emit("inspect", **report.as_dict())
         return
     size = report.input_size
     shown = "x".join(map(str, size)) if size else "unknown"
@@ -527,7 +767,8 @@ def inspect(file: str, input_size: tuple[int, int] | None, as_json: bool) -> Non
     click.echo(
         f"{report.file}: {report.format} ({report.generation}), {report.arch}, "
         f"{report.head} head, {report.classes} classes, {report.parameters:,} parameters\n"
-        f"input {shown}{origin}, {report.channel_order} {report.preprocessing}; flatten order "
+        f"input {shown}{origin} {report.input_layout}, {report.channel_order} "
+        f"{report.preprocessing}; flatten order "
         f"{report.flatten_order}; output activation {report.output_activation}; batch norm: "
         f"{report.batch_norm}; {stored}"
     )
@@ -539,19 +780,24 @@ def inspect(file: str, input_size: tuple[int, int] | None, as_json: bool) -> Non
 
 def _layer_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """One line per layer: name, class, shape (and layout), dtype, parameters; an activation
-    that is part of the layer before it is shown on that layer's line."""
+    that is part of the layer before it is shown on that layer's line. Columns are as wide as
+    their longest entry (a wrapped checkpoint's names are long), and never narrower than a
+    stock VGG's."""
+    shown = [r for r in rows if not (r["class"] == "Activation" and r.get("fused"))]
+    width = max([16, *(len(str(r["name"])) for r in shown)])
+    kinds = max([13, *(len(str(r["class"])) for r in shown)])
     lines: list[str] = []
     for row in rows:
         if row["class"] == "Activation" and row.get("fused") and lines:
             lines[-1] += f" +{row['kind']}"
             continue
-        name, kind = f"{row['name']:<16}", f"{row['class']:<13}"
+        name, kind = f"{row['name']:<{width}}", f"{row['class']:<{kinds}}"
         if "kernel_shape" in row:
             shape = "x".join(map(str, row["kernel_shape"])) + f" {row.get('layout', '')}".rstrip()
-            source = f"  ({row['source_name']})" if row.get("source_name") else ""
             activation = f" +{row['activation']}" if row.get("activation") == "relu" else ""
+            dilated = f" dilation {row['dilation']}" if row.get("dilation", 1) > 1 else ""
             line = f"{name} {kind} {shape:<20} {row['dtype']:<8} {row['parameters']:>12,}"
-            lines.append(line + activation + source)
+            lines.append(line + activation + dilated)
             continue
         skip = ("name", "class", "parameters", "fused")
         details = ", ".join(f"{k} {v}" for k, v in row.items() if k not in skip)
@@ -565,7 +811,7 @@ def _selfcheck(quiet: bool, as_json: bool) -> None:
     checks = selfcheck.run()
     passed = all(c.passed for c in checks)
     if as_json:
-        click.echo(json.dumps({"passed": passed, "checks": [asdict(c) for c in checks]}))
+        _emit("verify", passed=passed, checks=[asdict(c) for c in checks])
     elif not quiet:
         for c in checks:
             click.echo(f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
@@ -587,7 +833,11 @@ def _format_report(r: VerifyResult) -> str:
             f"  max scaled error  {r.max_scaled_error:.3e}  "
             f"(scale max(1, max|logit|) = {r.scale:.4g})",
             f"  top-1 agreement   {round(r.top1_agreement * n)}/{n}",
-            f"  top-5 agreement   {round(r.top5_agreement * n)}/{n}",
+            *(
+                [f"  top-5 agreement   {round(r.top5_agreement * n)}/{n}"]
+                if r.top5_agreement is not None
+                else []
+            ),
             *[
                 f"  {c.size}x{c.size} map {c.map_shape[0]}x{c.map_shape[1]}    every cell vs the "
                 f"classifier on its window: max scaled error "
@@ -595,11 +845,26 @@ def _format_report(r: VerifyResult) -> str:
                 f"{'' if c.agreement.passed else '  FAIL'}"
                 for c in r.spatial
             ],
+            *[_stride_line(c) for c in r.strided],
             f"  tolerance         |fcn - ref| <= {r.atol:g}*scale + {r.rtol:g}*|ref| "
             f"({r.precision} weights)",
             f"  compared          logits (the original's output activation: {r.output_activation})",
             "PASS" if r.passed else "FAIL: outputs differ beyond tolerance",
         ]
+    )
+
+
+def _stride_line(c: StrideCheck) -> str:
+    """A dilated map against the original's stitched from shifted runs."""
+    (h, w), (mh, mw) = c.size, c.map_shape
+    head = f"  {h}x{w} stride {c.stride} map {mh}x{mw}"
+    if c.agreement is None:
+        eh, ew = c.expected_shape
+        return f"{head}: the original stitched at stride {c.stride} is {eh}x{ew}  FAIL"
+    return (
+        f"{head} vs the original shifted and stitched: max scaled error "
+        f"{c.agreement.max_scaled_error:.3e}, top-1 {c.agreement.top1_agreement:.0%}"
+        + ("" if c.passed else "  FAIL")
     )
 
 

@@ -30,6 +30,8 @@ from .fcn import FCN, ConvLayer, FCNInfo, head_name
 from .fold import fold_batch_norms
 from .graph import (
     Activation,
+    Affine,
+    BatchNorm,
     ChannelOrder,
     Conv,
     Dense,
@@ -37,9 +39,11 @@ from .graph import (
     Flatten,
     FlattenOrder,
     GlobalAvgPool,
+    GlobalMaxPool,
     MaxPool,
     Op,
     SourceGraph,
+    Transpose,
     pool5_side,
 )
 from .layouts import permutation
@@ -81,7 +85,7 @@ def to_fcn(graph: SourceGraph, *, channel_order: ChannelOrder | None = None) -> 
     """
     if graph.input.size is None:
         raise ArchitectureError(f"{graph.path}: input size unknown; check the graph first")
-    ops, eps = fold_batch_norms(graph.ops, graph.path)
+    ops, eps = fold_batch_norms(channels_last(graph), graph.path)
     last_pool = max(i for i, op in enumerate(ops) if isinstance(op, MaxPool))
     trunk_ops, head_ops = ops[: last_pool + 1], ops[last_pool + 1 :]
     plan = block_plan(trunk_ops)
@@ -90,25 +94,89 @@ def to_fcn(graph: SourceGraph, *, channel_order: ChannelOrder | None = None) -> 
     window = (pool5_side(graph.input.size[0], pools), pool5_side(graph.input.size[1], pools))
     head = _head(head_ops, window, graph.path)
     folded = ", ".join(sorted({f"{e:g}" for e in eps}))
-    order = graph.input.channel_order
-    if channel_order is not None and channel_order != order:
-        if order == "unknown":
-            raise ArchitectureError(
-                f"{graph.path}: the file does not say which channel order it expects; "
-                f"nothing to flip to {channel_order}"
-            )
-        trunk = (_flipped_input(trunk[0]), *trunk[1:])
-        order = channel_order
     info = FCNInfo(
         path=graph.path,
         source_format=graph.provenance.label,
         input_size=graph.input.size,
         output_activation=graph.output_activation,
-        channel_order=order,
+        channel_order=graph.input.channel_order,
         preprocessing=graph.input.preprocessing,
         batch_norm=f"folded (eps={folded})" if eps else "none",
     )
-    return FCN(plan, trunk, head, info)
+    fcn = FCN(plan, trunk, head, info)
+    return fcn if channel_order is None else with_channel_order(fcn, channel_order)
+
+
+def channels_last(graph: SourceGraph) -> tuple[Op, ...]:
+    """The graph's ops on channels-last arrays, what the rest of compile reads: a graph file's
+    transposes followed and dropped, its flatten of the array as laid out given the order that
+    layout reads the volume in, its `Affine`s placed on the channel (or feature) axis.
+
+    Compile's own account of the layouts; the referee keeps another (`referee`), so a mistake
+    in either shows up in `verify`.
+
+    Raises:
+        ArchitectureError: a spatial op on an array not laid out as the file's spatial ops
+            read, a flatten of a layout that is no VGG volume's, or an `Affine` along an axis
+            other than the channels' (or the features').
+    """
+    axes: str = graph.input.layout  # the letters of the array's axes, outermost first
+    out: list[Op] = []
+    for op in graph.ops:
+        if isinstance(op, Transpose):
+            axes = "".join(axes[i] for i in op.perm)
+            continue
+        spatial = Conv | MaxPool | GlobalAvgPool | GlobalMaxPool | BatchNorm
+        if isinstance(op, spatial) and len(axes) == 4:
+            if axes != graph.spatial:
+                raise ArchitectureError(
+                    f"{graph.path}: {op.name} reads an array laid out {axes}; the file's "
+                    f"spatial ops read {graph.spatial}"
+                )
+            pooled = isinstance(op, GlobalMaxPool) or (
+                isinstance(op, GlobalAvgPool) and not op.keepdims
+            )
+            axes = "NF" if pooled else axes
+        elif isinstance(op, Flatten):
+            order = axes[1:] if op.order == "array" else op.order
+            if len(axes) == 2:  # a flatten of a vector is no op
+                continue
+            if order not in ("HWC", "CHW"):
+                raise ArchitectureError(
+                    f"{graph.path}: {op.name} flattens an array laid out {axes}, which reads "
+                    "no volume in (H, W, C) or (C, H, W) order"
+                )
+            op = replace(op, order=order)  # type: ignore[arg-type]
+            axes = "NF"
+        elif isinstance(op, Affine):
+            if axes[op.axis] not in "CF":
+                raise ArchitectureError(
+                    f"{graph.path}: {op.name} scales or shifts the {axes[op.axis]} axis of an "
+                    f"array laid out {axes}; vggfcn folds those of the channels only"
+                )
+            op = replace(op, axis=-1)
+        elif isinstance(op, Dense):
+            axes = "NF"
+        out.append(op)
+    return tuple(out)
+
+
+def with_channel_order(fcn: FCN, order: ChannelOrder) -> FCN:
+    """A converted network made to take its input channels in `order` (conv1 flipped when it
+    takes the other).
+
+    Raises:
+        ArchitectureError: the network does not say which order it takes.
+    """
+    if order == fcn.info.channel_order:
+        return fcn
+    if fcn.info.channel_order == "unknown":
+        raise ArchitectureError(
+            f"{fcn.path}: the file does not say which channel order it expects; "
+            f"nothing to flip to {order}"
+        )
+    trunk = (_flipped_input(fcn.trunk[0]), *fcn.trunk[1:])
+    return replace(fcn, trunk=trunk, info=replace(fcn.info, channel_order=order))
 
 
 def _flipped_input(layer: ConvLayer) -> ConvLayer:
@@ -178,6 +246,13 @@ def _head(ops: tuple[Op, ...], window: tuple[int, int], path: str) -> tuple[Conv
             continue
         elif isinstance(op, GlobalAvgPool):
             averaged = True
+            continue
+        elif isinstance(op, GlobalMaxPool):
+            if (h, w) != (1, 1):  # the max of one cell is the cell; of more, no convolution
+                raise ArchitectureError(
+                    f"{path}: {op.name}: a global max pool over a {h}x{w} map, which no "
+                    "convolution computes"
+                )
             continue
         elif isinstance(op, Activation):
             _relu_after(layers, op, path)

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
+from typing import Any
 
 #: Bytes hashed per map: whole 2 MiB page-cache folios, and little beside the memory targets
 #: (a live map's pages count in the process's RSS).
@@ -31,13 +32,28 @@ _FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
 
 
 def sha256_file(path: str, stop: threading.Event | None = None) -> str:
-    """Hex SHA-256 of the file at `path`.
+    """Hex SHA-256 of the file at `path`; of a directory (a KerasHub preset), of its files in
+    name order, each as its name, a NUL, its size as 8 little-endian bytes, then its bytes (so
+    no two different folders hash alike).
 
     Raises:
         CancelledError: `stop` was set (checked once per window).
         OSError: the file cannot be opened or mapped.
     """
     digest = hashlib.sha256()
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            member = os.path.join(path, name)
+            if os.path.isfile(member):
+                digest.update(name.encode() + b"\0" + os.path.getsize(member).to_bytes(8, "little"))
+                _update(digest, member, stop)
+        return digest.hexdigest()
+    _update(digest, path, stop)
+    return digest.hexdigest()
+
+
+def _update(digest: Any, path: str, stop: threading.Event | None) -> None:
+    """Feed a file's bytes to `digest`, through maps of `WINDOW` bytes."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         for offset in range(0, size, WINDOW):
@@ -48,7 +64,6 @@ def sha256_file(path: str, stop: threading.Event | None = None) -> str:
                 f.fileno(), length, offset=offset, flags=_FLAGS, prot=mmap.PROT_READ
             ) as window:
                 digest.update(window)
-    return digest.hexdigest()
 
 
 class _Hash:
@@ -118,7 +133,7 @@ def source_digest(path: str) -> Iterator[Future[str]]:
 
 def _identity(path: str) -> tuple[int, ...] | None:
     """What tells a file from any other and from its own earlier contents; None if `path` is
-    not a regular file."""
+    not a regular file (a directory is hashed when asked for, never early)."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):

@@ -27,10 +27,18 @@ class MismatchError(VggfcnError):
     """A verification ran and found the networks differ (`convert --verify`)."""
 
 
-class AssumptionWarning(UserWarning):
+class Note(UserWarning):
+    """Something the user should know that is not an error: one line, which the command line
+    prints as a note on stderr (even with --quiet) and lists in its --json output."""
+
+
+class AssumptionWarning(Note):
     """What was assumed about a file because it does not record it (a config-less file's
-    input size and activations): a warning, not an error. Its message is one line; the
-    command line prints it as a note on stderr, even with --quiet, and lists it in --json."""
+    input size and activations)."""
+
+
+class ProvenanceWarning(Note):
+    """A converted file records another source than the original it is verified against."""
 
 
 def first_line(error: BaseException) -> str:

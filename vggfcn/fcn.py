@@ -5,6 +5,11 @@ One form whatever the source: a VGG trunk of 3x3 "same" convolutions with a ReLU
 pool5, the rest 1x1 — with a ReLU or nothing after each and logits out. Kernels are HWIO.
 Cell (i, j) of the output map is the original classifier applied to the p_h x p_w window of pool5
 at (i, j).
+
+Each op carries its attributes — a convolution its dilation, a pool its stride and dilation —
+so the same chain describes the network at output stride 32 (every pool 2x2/2, nothing
+dilated) and the à trous networks at 16 and 8 (`atrous`); `forward` runs them all and each
+writer turns them into its format's ops.
 """
 
 from __future__ import annotations
@@ -33,10 +38,28 @@ class ConvLayer:
     bias: Tensor
     relu: bool
     source_name: str
+    dilation: int = 1  # taps this many pixels apart ("same" pads dilation * (k // 2))
 
     @property
     def out_channels(self) -> int:
         return self.kernel.shape[3]
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The rows and columns of input one output value reads: (k - 1) * dilation + 1."""
+        return tuple((k - 1) * self.dilation + 1 for k in self.kernel.shape[:2])  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A trunk max-pool: 2x2 windows, `stride` apart, their taps `dilation` apart."""
+
+    stride: int = 2
+    dilation: int = 1
+
+
+#: The pool of a VGG block as trained: 2x2, stride 2.
+PLAIN = Pool()
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,10 @@ class FCNInfo:
         output_activation: what the original applied to its logits.
         batch_norm: "none", or how the original's batch norms were folded ("folded (eps=…)").
         storage: how the file holding it stores it (`Storage`).
+        source_file, source_sha256: the original classifier's base name and SHA-256, as a
+            converted file records them ("" for a network compiled in memory).
+        output_stride: the output stride the file records (the network's own attributes say
+            what it computes: `FCN.output_stride`; `verify` holds them to this).
         head: "classifier" (the original's head, convolutional), or "reduced" (SSD/DeepLab's
             decimated fc6/fc7: a backbone initialisation, not the classifier; see `reduce`).
     """
@@ -86,6 +113,9 @@ class FCNInfo:
     batch_norm: str = "none"
     storage: Storage = Storage()
     head: Literal["classifier", "reduced"] = "classifier"
+    source_file: str = ""
+    source_sha256: str = ""
+    output_stride: int = 32
 
     @property
     def precision(self) -> str:
@@ -101,10 +131,35 @@ class FCN:
     trunk: tuple[ConvLayer, ...]
     head: tuple[ConvLayer, ...]
     info: FCNInfo
+    pools: tuple[Pool, ...] = ()  # one per block; () means every pool PLAIN
 
     @property
     def path(self) -> str:
         return self.info.path
+
+    @property
+    def block_pools(self) -> tuple[Pool, ...]:
+        """The pool closing each block."""
+        return self.pools or (PLAIN,) * len(self.plan)
+
+    @property
+    def output_stride(self) -> int:
+        """Input pixels between neighbouring cells of the map: 32, or 16 and 8 à trous."""
+        stride = 1
+        for pool in self.block_pools:
+            stride *= pool.stride
+        return stride
+
+    @property
+    def plain(self) -> bool:
+        """Whether this is the network at output stride 32, as recorded and as its ops run:
+        no pool without its stride, nothing dilated."""
+        return (
+            self.info.output_stride == 32
+            and self.output_stride == 32
+            and all(layer.dilation == 1 for layer in self.layers)
+            and all(pool == PLAIN for pool in self.block_pools)
+        )
 
     @property
     def name(self) -> str:
@@ -128,7 +183,8 @@ class FCN:
 
     @property
     def min_input(self) -> tuple[int, int]:
-        """The smallest input with one output cell: the window at the trunk's stride."""
+        """The smallest input with one output cell: the window at the trunk's stride (the same
+        at every output stride: à trous, a 224 input still makes one cell)."""
         h, w = self.window
         return h * STRIDE, w * STRIDE
 
@@ -137,9 +193,14 @@ class FCN:
         return tuple("relu" if layer.relu else "linear" for layer in self.head)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Score-map size for an input (pools floor, like Keras and torch)."""
-        h, w = self.window
-        return height // STRIDE - h + 1, width // STRIDE - w + 1
+        """Score-map size for an input, op by op (pools floor, like Keras and torch)."""
+        sides = [height, width]
+        for pool in self.block_pools:
+            reach = pool.dilation + 1  # a 2x2 window's rows, its taps `dilation` apart
+            sides = [(side - reach) // pool.stride + 1 for side in sides]
+        for layer in self.head:
+            sides = [side - span + 1 for side, span in zip(sides, layer.span, strict=True)]
+        return sides[0], sides[1]
 
     def parameter_count(self) -> int:
         return sum(layer.kernel.size + layer.bias.size for layer in self.layers)

@@ -1,7 +1,9 @@
 """Batch norms folded into a neighbouring layer's kernel: part of compile, lazy, in float64.
 
 Inference batch norm is an affine map per feature, y = x * s + t with s = gamma / sqrt(var + eps)
-and t = beta - mean * s. It folds into the layer next to it:
+and t = beta - mean * s; so is a graph file's `Affine` (an ONNX `Mul`/`Add` by per-feature
+constants: a bias added apart, a batch norm exported as arithmetic), once compile has placed it
+on the features axis. Either folds into the layer next to it:
 
 - after a layer (conv/dense -> BN, as torchvision's `_bn` trunks and `Dense -> BN -> ReLU`
   heads): scale that layer's outputs, W'[..., o] = W[..., o] * s[o], b' = b * s + t;
@@ -21,24 +23,26 @@ from typing import Any
 import numpy as np
 
 from .errors import ArchitectureError
-from .graph import Activation, BatchNorm, Conv, Dense, Dropout, Op, Weighted
+from .graph import Activation, Affine, BatchNorm, Conv, Dense, Dropout, Op, Weighted
 from .layouts import in_axis, out_axis
 from .precision import F32
 from .tensor import Tensor
 
 
 def fold_batch_norms(ops: tuple[Op, ...], path: str) -> tuple[tuple[Op, ...], tuple[float, ...]]:
-    """The ops with every batch norm folded into a neighbour, and the eps values folded.
+    """The ops with every batch norm (and features-axis `Affine`) folded into a neighbour, and
+    the eps values of the batch norms folded.
 
     Raises:
         ArchitectureError: a batch norm with no layer it can fold into.
     """
     out: list[Op] = []
-    pending: BatchNorm | None = None  # waiting for the layer whose inputs it scales
+    pending: BatchNorm | Affine | None = None  # waiting for the layer whose inputs it scales
     eps: list[float] = []
     for op in ops:
-        if isinstance(op, BatchNorm):
-            eps.append(op.eps)
+        if isinstance(op, BatchNorm | Affine):
+            if isinstance(op, BatchNorm):
+                eps.append(op.eps)
             at = _last_layer(out)  # identities (dropout, linear) between do not matter
             if pending is None and at is not None:
                 out[at] = _fold_after(out[at], op)  # type: ignore[arg-type]
@@ -80,8 +84,13 @@ def _identity(op: Op) -> bool:
     return isinstance(op, Dropout) or (isinstance(op, Activation) and op.kind == "linear")
 
 
-def _affine(norm: BatchNorm) -> tuple[np.ndarray, np.ndarray]:
-    """(s, t) of y = x * s + t, in float64."""
+def _affine(norm: BatchNorm | Affine) -> tuple[np.ndarray | None, np.ndarray]:
+    """(s, t) of y = x * s + t, in float64; s None when it is 1 (an `Affine` that only adds)."""
+    if isinstance(norm, Affine):
+        scale = None if norm.scale is None else norm.scale.read().astype(np.float64)
+        width = (norm.shift or norm.scale).shape[0]  # type: ignore[union-attr]
+        shift = np.zeros(width) if norm.shift is None else norm.shift.read().astype(np.float64)
+        return scale, shift
     mean, var = (t.read().astype(np.float64) for t in (norm.mean, norm.var))
     gamma = np.ones_like(mean) if norm.gamma is None else norm.gamma.read().astype(np.float64)
     beta = np.zeros_like(mean) if norm.beta is None else norm.beta.read().astype(np.float64)
@@ -95,20 +104,22 @@ def _bias(op: Weighted, width: int) -> np.ndarray:
     return op.bias.read().astype(np.float64)
 
 
-def _fold_after(op: Weighted, norm: BatchNorm) -> Weighted:
+def _fold_after(op: Weighted, norm: BatchNorm | Affine) -> Weighted:
     scale, shift = _affine(norm)
     kernel = _scaled(op.kernel, scale, out_axis(op.layout))
-    bias = (_bias(op, scale.size) * scale + shift).astype(F32)
-    return _with(op, kernel, Tensor.wrap(bias, f"{op.bias.where if op.bias else op.name}+bn"))
+    bias = (_bias(op, shift.size) * (1.0 if scale is None else scale) + shift).astype(F32)
+    return _with(
+        op, kernel, Tensor.wrap(bias, f"{op.bias.where if op.bias else op.name}+{norm.name}")
+    )
 
 
-def _fold_before(norm: BatchNorm, op: Weighted) -> Weighted:
+def _fold_before(norm: BatchNorm | Affine, op: Weighted) -> Weighted:
     scale, shift = _affine(norm)
     axis = in_axis(op.layout)
     kernel = _scaled(op.kernel, scale, axis)
     width = op.kernel.shape[out_axis(op.layout)]
     source = _ShiftedBias(op.kernel, _bias(op, width), shift, axis, out_axis(op.layout))
-    return _with(op, kernel, Tensor.wrap(source, f"{op.kernel.where}+bn bias"))
+    return _with(op, kernel, Tensor.wrap(source, f"{op.kernel.where}+{norm.name} bias"))
 
 
 def _with(op: Weighted, kernel: Tensor, bias: Tensor) -> Weighted:
@@ -117,7 +128,11 @@ def _with(op: Weighted, kernel: Tensor, bias: Tensor) -> Weighted:
     return Dense(op.name, kernel, bias, op.layout)
 
 
-def _scaled(kernel: Tensor, scale: np.ndarray, axis: int) -> Tensor:
+def _scaled(kernel: Tensor, scale: np.ndarray | None, axis: int) -> Tensor:
+    """The kernel with one axis scaled; the kernel itself (still streamed from its file) when
+    there is nothing to scale."""
+    if scale is None:
+        return kernel
     return Tensor.wrap(_Scaled(kernel, scale, axis), f"{kernel.where}+bn")
 
 

@@ -9,6 +9,13 @@ its input and where it came from. Two consumers read it, and nothing else does:
   flatten-order resolution and fold happens there;
 - the referee (`referee`) runs it op by op in the file's own conventions, which is what makes
   `verify` independent of the readers' and the compiler's axis handling.
+
+Most files hold weights and say nothing of how activations are laid out: their graphs are
+channels-last (`InputSpec.layout` NHWC, `SourceGraph.spatial` NHWC), the torch ones with a
+flatten that reads the volume as (C, H, W). A graph file (ONNX) says it all, and is transcribed
+as it says it: an NCHW or NHWC input, spatial ops on NCHW arrays, its `Transpose`s, a flatten
+of the array as it is laid out ("array"), an `Add` or `Mul` by a constant along one of the
+array's axes (`Affine`). Compile and the referee each work out, on their own, what those mean.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ from typing import Literal
 from .layouts import DenseLayout, KernelLayout
 from .tensor import Tensor
 
-#: The order in which a flatten reads a (H, W, C) volume: channels-last HWC, channels-first CHW.
-FlattenOrder = Literal["HWC", "CHW"]
+#: The order in which a flatten reads a (H, W, C) volume: channels-last HWC, channels-first CHW,
+#: or "array": the activation array as it is laid out at that point (ONNX's `Flatten`).
+FlattenOrder = Literal["HWC", "CHW", "array"]
+#: How a 4-D activation array is laid out: batch, then rows, columns and channels in an order.
+ArrayLayout = Literal["NHWC", "NCHW"]
 #: Activations between layers that the FCN can carry as they are.
 ActivationKind = Literal["relu", "linear"]
 #: What the file applies to its logits; the FCN outputs logits and records this.
@@ -91,7 +101,40 @@ class Flatten:
 
 @dataclass(frozen=True)
 class GlobalAvgPool:
+    """The mean over rows and columns; `keepdims`: the result stays 4-D, 1x1 (ONNX's)."""
+
     name: str
+    keepdims: bool = False
+
+
+@dataclass(frozen=True)
+class GlobalMaxPool:
+    """The maximum over rows and columns (KerasHub's `pooling="max"` head): a convolution only
+    where it pools one cell, as it does at the size such a head was built for."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Transpose:
+    """The activation array's axes moved, as `x.transpose(perm)` (a graph file's layout op)."""
+
+    name: str
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Affine:
+    """x * scale + shift, each a vector broadcast along `axis` of the activation array (an
+    ONNX `Mul`, `Add` or `Sub` by a constant); either may be None."""
+
+    name: str
+    scale: Tensor | None
+    shift: Tensor | None
+    axis: int
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return tuple(t for t in (self.scale, self.shift) if t is not None)
 
 
 @dataclass(frozen=True)
@@ -111,7 +154,19 @@ class Activation:
     fused: bool = False
 
 
-Op = Conv | Dense | BatchNorm | MaxPool | Flatten | GlobalAvgPool | Dropout | Activation
+Op = (
+    Conv
+    | Dense
+    | BatchNorm
+    | MaxPool
+    | Flatten
+    | GlobalAvgPool
+    | GlobalMaxPool
+    | Dropout
+    | Activation
+    | Transpose
+    | Affine
+)
 #: Ops that carry a kernel (and so a layer of the converted network).
 Weighted = Conv | Dense
 
@@ -124,6 +179,7 @@ class InputSpec:
         size: (H, W) the model was built for; None when the file does not record it.
         size_from: how `size` is known: "file", "fan-in" (the first dense layer's inputs),
             "option" (the user's --input-size), "default" (VGG's 224x224), or "" when unknown.
+        layout: how the input array is laid out (NCHW for most ONNX exports).
     """
 
     size: tuple[int, int] | None = None
@@ -131,6 +187,7 @@ class InputSpec:
     channel_order: ChannelOrder = "unknown"
     preprocessing: Preprocessing = "unknown"
     size_from: str = ""
+    layout: ArrayLayout = "NHWC"
 
 
 @dataclass(frozen=True)
@@ -166,13 +223,15 @@ class SourceGraph:
     """A classifier as its file defines it: ops up to the logits, then `output_activation`.
 
     The ops end at the logits: a final softmax/sigmoid is not an op but `output_activation`, as
-    both sides of a conversion compare and output logits.
+    both sides of a conversion compare and output logits. `spatial` is the layout convolutions,
+    pools and batch norms read their 4-D input in (ONNX's are NCHW).
     """
 
     ops: tuple[Op, ...]
     input: InputSpec
     output_activation: OutputActivation
     provenance: Provenance
+    spatial: ArrayLayout = "NHWC"
 
     @property
     def path(self) -> str:

@@ -9,13 +9,14 @@ the mean, so asking for it is an error rather than a guess.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .arch import MIN_INPUT
 from .choices import PREPROCESS_MODES
-from .errors import FormatError, VggfcnError
+from .errors import AssumptionWarning, FormatError, VggfcnError
 from .formats.detect import NPY_MAGIC
 
 if TYPE_CHECKING:
@@ -31,7 +32,10 @@ TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
 TORCH_RGB_STD = (0.229, 0.224, 0.225)
 
 
-_PILLOW_MISSING = "reading images needs Pillow: pip install 'vggfcn[images]'"
+_PILLOW_MISSING = (
+    "reading images needs Pillow, vggfcn's `images` extra: pip install pillow "
+    "(or pip install '.[images]' from vggfcn's folder)"
+)
 
 
 def load_image(path: str) -> np.ndarray:
@@ -96,12 +100,18 @@ def load_input(
     preprocess: str,
     minimum: tuple[int, int] = (MIN_INPUT, MIN_INPUT),
     order: str | None = None,
+    channels_first: bool | None = None,
 ) -> np.ndarray:
     """Network input from an image file or a .npy array: (N, H, W, 3) float32.
 
     A file starting with the .npy magic is an array of already-preprocessed pixels, (H, W, 3)
-    or (N, H, W, 3) float, read without unpickling; `preprocess` must then be "none". Anything
-    else is read as an image and preprocessed with `preprocess` (see `preprocess_image`).
+    or (N, H, W, 3) float — or (3, H, W), (N, 3, H, W) from torch pipelines, with
+    `channels_first`, or when None and only that reading fits — read without unpickling;
+    `preprocess` must then be "none". Anything else is read as an image and preprocessed with
+    `preprocess` (see `preprocess_image`).
+
+    Warns:
+        AssumptionWarning: an array taken as channels-first because only that reading fits.
 
     Raises:
         VggfcnError: unknown mode, preprocessing asked for an array, input smaller than
@@ -110,7 +120,7 @@ def load_input(
     """
     _check_mode(preprocess)
     if is_npy(path):
-        batch = _load_array(path, preprocess)
+        batch = _load_array(path, preprocess, channels_first)
     else:
         batch = preprocess_image(load_image(path), preprocess, order)[np.newaxis]
     check_size(path, batch.shape[1], batch.shape[2], minimum)
@@ -157,7 +167,7 @@ def is_npy(path: str) -> bool:
     return head == NPY_MAGIC
 
 
-def _load_array(path: str, preprocess: str) -> np.ndarray:
+def _load_array(path: str, preprocess: str, channels_first: bool | None) -> np.ndarray:
     """A preprocessed .npy batch as (N, H, W, 3) float32, refusing pickles and raw pixels."""
     if preprocess != "none":
         raise VggfcnError(
@@ -177,19 +187,37 @@ def _load_array(path: str, preprocess: str) -> np.ndarray:
         raise FormatError(f"{path}: corrupt .npy file ({e})") from None
     if not isinstance(array, np.ndarray):
         raise FormatError(f"{path}: expected a single array")
-    return _as_batch(path, array)
+    return _as_batch(path, array, channels_first)
 
 
-def _as_batch(path: str, array: np.ndarray) -> np.ndarray:
+def _as_batch(path: str, array: np.ndarray, channels_first: bool | None) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.floating):
         raise FormatError(
             f"{path}: array of {array.dtype}, expected float (preprocessed pixels); pass raw "
             "pixels as an image file so they get preprocessed"
         )
-    if array.ndim not in (3, 4) or array.shape[-1] != 3:
+    last = array.ndim in (3, 4) and array.shape[-1] == 3
+    first = array.ndim in (3, 4) and array.shape[-3] == 3
+    if channels_first is None and first and not last:
+        warnings.warn(
+            AssumptionWarning(
+                f"{path}: an array of shape {array.shape} read as channels-first (N, 3, H, W), "
+                "as torch pipelines save them (--channels-last refuses that reading)"
+            ),
+            stacklevel=4,
+        )
+        channels_first = True
+    if channels_first:
+        if not first:
+            raise FormatError(
+                f"{path}: array of shape {array.shape}, expected (3, H, W) or (N, 3, H, W) "
+                "channels-first"
+            )
+        array = np.moveaxis(array, -3, -1)
+    elif not last:
         raise FormatError(
             f"{path}: array of shape {array.shape}, expected (H, W, 3) or (N, H, W, 3) "
-            "channels-last"
+            "channels-last, or (N, 3, H, W) with --channels-first"
         )
     batch = array.astype(np.float32).reshape((-1, *array.shape[-3:]))
     if batch.shape[0] == 0:

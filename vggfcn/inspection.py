@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .arch import name_of
-from .fcn import FCN
-from .graph import SOFTMAX_APPLIED, BatchNorm, Conv, Dense, Flatten, SourceGraph
+from .fcn import FCN, PLAIN
+from .graph import SOFTMAX_APPLIED, Affine, BatchNorm, Conv, Dense, Flatten, Op, SourceGraph
 from .layouts import out_axis, shape_in, sizes_of
 from .shapes import block_plan
 from .tensor import Tensor
@@ -32,6 +32,8 @@ class Report:
         head: "dense" or "convolutional".
         input_size: (H, W) the classifier was built for, and `input_size_from` how that is
             known ("file", "fan-in", "option", "default").
+        input_layout: how the input array is laid out: NHWC, or NCHW (an ONNX file's); a
+            converted network takes NHWC arrays from `predict` (its ONNX output: NCHW).
         window: the pool5 window each output cell sees (converted files; None otherwise).
         notes: what the reader assumed because the file does not record it.
         layers: one JSON-ready row per op (or per convolution of a converted network).
@@ -49,6 +51,7 @@ class Report:
     parameters: int
     input_size: tuple[int, int] | None
     input_size_from: str
+    input_layout: str
     window: tuple[int, int] | None
     channel_order: str
     preprocessing: str
@@ -101,6 +104,9 @@ def _describe_graph(graph: SourceGraph) -> Report:
         elif isinstance(op, BatchNorm):
             count = sum(t.size for t in (op.gamma, op.beta) if t is not None)  # stats: buffers
             row |= {"features": op.mean.shape[0], "eps": op.eps}
+        elif isinstance(op, Affine):
+            count = sum(t.size for t in op.tensors())
+            row |= {"axis": op.axis, "scale": op.scale is not None, "shift": op.shift is not None}
         else:
             count = 0
             row |= {k: v for k, v in vars(op).items() if k != "name"}
@@ -110,6 +116,9 @@ def _describe_graph(graph: SourceGraph) -> Report:
     trunk, _ = graph.split()
     plan = block_plan(trunk)
     flatten = next((op.order for op in graph.ops if isinstance(op, Flatten)), "none")
+    if flatten == "array":  # the order the array as laid out reads the volume in: compile's
+        resolved = next((op.order for op in _channels_last(graph) if isinstance(op, Flatten)), "")
+        flatten = f"{resolved} (the array as laid out)" if resolved else flatten
     return Report(
         file=graph.path,
         format=graph.provenance.format,
@@ -123,6 +132,7 @@ def _describe_graph(graph: SourceGraph) -> Report:
         parameters=total,
         input_size=graph.input.size,
         input_size_from=graph.input.size_from,
+        input_layout=graph.input.layout,
         window=None,
         channel_order=graph.input.channel_order,
         preprocessing=graph.input.preprocessing,
@@ -133,6 +143,18 @@ def _describe_graph(graph: SourceGraph) -> Report:
         notes=graph.provenance.notes,
         layers=tuple(layers),
     )
+
+
+def _channels_last(graph: SourceGraph) -> tuple[Op, ...]:
+    """Compile's reading of the graph's layouts; the ops as they are if it refuses them (the
+    report describes the file either way)."""
+    from .convert import channels_last
+    from .errors import VggfcnError
+
+    try:
+        return channels_last(graph)
+    except VggfcnError:
+        return graph.ops
 
 
 def _classes(graph: SourceGraph) -> int:
@@ -154,6 +176,7 @@ def _describe_fcn(fcn: FCN) -> Report:
                 "layout": storage.layout,
                 "bias_shape": list(layer.bias.shape),
                 "activation": "relu" if layer.relu else "linear",
+                "dilation": layer.dilation,
                 "dtype": _dtype(layer.kernel),
                 "parameters": layer.kernel.size + layer.bias.size,
             }
@@ -172,6 +195,7 @@ def _describe_fcn(fcn: FCN) -> Report:
         parameters=fcn.parameter_count(),
         input_size=info.input_size,
         input_size_from="file",
+        input_layout="NHWC",
         window=fcn.window,
         channel_order=info.channel_order,
         preprocessing=info.preprocessing,
@@ -179,6 +203,23 @@ def _describe_fcn(fcn: FCN) -> Report:
         output_activation=info.output_activation,
         softmax=SOFTMAX_APPLIED[info.output_activation],
         batch_norm=info.batch_norm,
-        notes=(),
+        notes=_stride_notes(fcn),
         layers=tuple(layers),
+    )
+
+
+def _stride_notes(fcn: FCN) -> tuple[str, ...]:
+    """What a network that is not at output stride 32 does differently, pool by pool (its
+    convolutions' dilations are in the layer rows)."""
+    if fcn.plain:
+        return ()
+    pools = [
+        f"pool{block} 2x2/{pool.stride}"
+        + (f" dilation {pool.dilation}" if pool.dilation > 1 else "")
+        for block, pool in enumerate(fcn.block_pools, 1)
+        if pool != PLAIN
+    ]
+    return (
+        f"output stride {fcn.output_stride} (à trous; recorded: {fcn.info.output_stride}): "
+        + ", ".join(pools),
     )

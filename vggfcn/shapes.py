@@ -15,12 +15,14 @@ from collections.abc import Sequence
 from .arch import MIN_INPUT, POOL5_SIZE, STRIDE, family_counts, name_of
 from .errors import ArchitectureError
 from .graph import (
+    Affine,
     BatchNorm,
     Conv,
     Dense,
     Dropout,
     Flatten,
     GlobalAvgPool,
+    GlobalMaxPool,
     MaxPool,
     Op,
     SourceGraph,
@@ -63,9 +65,46 @@ def checked(graph: SourceGraph, input_size: tuple[int, int] | None = None) -> So
     pools = [op for op in trunk if isinstance(op, MaxPool)]
     window = (pool5_side(size[0], pools), pool5_side(size[1], pools))
     _check_head(head, window, channels, problems)
+    if problems and size_from == "option":
+        _blame_the_option(graph, size, channels, problems)
     if problems:
         raise ArchitectureError(f"{path}: not a {name} classifier: " + "; ".join(problems))
     return graph.with_input(size=size, size_from=size_from)
+
+
+def _blame_the_option(
+    graph: SourceGraph, size: tuple[int, int], channels: int, problems: list[str]
+) -> None:
+    """When the shapes agree at the size the file itself implies, the --input-size given is
+    what is wrong, not the file: say so, and what the file implies.
+
+    Raises:
+        ArchitectureError: the option disagrees with the file.
+    """
+    trunk, head = graph.split()
+    own, own_from = _input_size(graph, None, channels)
+    if own_from == "default" or own == size:
+        return
+    pools = [op for op in trunk if isinstance(op, MaxPool)]
+    p, q = pool5_side(own[0], pools), pool5_side(own[1], pools)
+    if _head_problems(head, (p, q), channels):
+        return
+    first = next(op for op in head if isinstance(op, Weighted))
+    why = (
+        "its model config records it"
+        if own_from == "file"
+        else f"{first.name} reads a {p}x{q}x{channels} pool5"
+    )
+    raise ArchitectureError(
+        f"{graph.path}: --input-size {size[0]},{size[1]} disagrees with the file, which was "
+        f"built for {own[0]}x{own[1]} inputs ({why}); leave --input-size out"
+    )
+
+
+def _head_problems(head: Sequence[Op], window: tuple[int, int], channels: int) -> list[str]:
+    problems: list[str] = []
+    _check_head(head, window, channels, problems)
+    return problems
 
 
 def block_plan(trunk: Sequence[Op]) -> tuple[int, ...]:
@@ -129,16 +168,18 @@ def _check_weighted(op: Weighted, want: tuple[int, ...], problems: list[str]) ->
         problems.append(f"{op.name} bias has shape {op.bias.shape}, expected ({width},)")
 
 
-def _check_norm(op: BatchNorm, features: int, problems: list[str]) -> None:
-    for part, tensor in (
-        ("gamma", op.gamma),
-        ("beta", op.beta),
-        ("mean", op.mean),
-        ("var", op.var),
-    ):
+def _check_norm(op: BatchNorm | Affine, features: int, problems: list[str]) -> None:
+    """A batch norm's vectors, or an `Affine`'s, one value per channel (or feature)."""
+    parts = (
+        (("scale", op.scale), ("shift", op.shift))
+        if isinstance(op, Affine)
+        else (("gamma", op.gamma), ("beta", op.beta), ("mean", op.mean), ("var", op.var))
+    )
+    what = "affine" if isinstance(op, Affine) else "batch-norm"
+    for part, tensor in parts:
         if tensor is not None and tensor.shape != (features,):
             problems.append(
-                f"{op.name} batch-norm {part} has shape {tensor.shape}, expected ({features},)"
+                f"{op.name} {what} {part} has shape {tensor.shape}, expected ({features},)"
             )
 
 
@@ -154,7 +195,7 @@ def _check_trunk(trunk: Sequence[Op], channels: int, problems: list[str]) -> int
             if op.padding != "same":
                 problems.append(f"{op.name} pads '{op.padding}', expected 'same' (3x3, pad 1)")
             channels = out
-        elif isinstance(op, BatchNorm):
+        elif isinstance(op, BatchNorm | Affine):
             _check_norm(op, channels, problems)
     return channels
 
@@ -172,7 +213,7 @@ def _input_size(
     for op in head:
         if isinstance(op, Flatten):
             flattened = True
-        elif isinstance(op, GlobalAvgPool):
+        elif isinstance(op, GlobalAvgPool | GlobalMaxPool):
             break
         elif isinstance(op, Conv):
             kh, kw = spatial(op) or (POOL5_SIZE, POOL5_SIZE)
@@ -199,9 +240,9 @@ def _check_head(
     first_dense = True
     for op in head:
         if isinstance(op, Conv):
-            if op.padding != "valid":
-                problems.append(f"{op.name} pads '{op.padding}'; head convolutions are 'valid'")
             kh, kw = spatial(op) or (h, w)
+            if op.padding != "valid" and (kh, kw) != (1, 1):  # 1x1 "same" pads nothing
+                problems.append(f"{op.name} pads '{op.padding}'; head convolutions are 'valid'")
             out = _width(op, next(following))
             if mode != "map":
                 problems.append(f"{op.name} is a convolution after the volume was flattened")
@@ -211,7 +252,7 @@ def _check_head(
             h, w, c = max(1, h - kh + 1), max(1, w - kw + 1), out
         elif isinstance(op, Flatten):
             mode = "flat"
-        elif isinstance(op, GlobalAvgPool):
+        elif isinstance(op, GlobalAvgPool | GlobalMaxPool):
             mode, h, w = "vector", 1, 1
         elif isinstance(op, Dense):
             inputs = h * w * c if mode == "flat" else c
@@ -230,7 +271,7 @@ def _check_head(
                 )
             first_dense = False
             mode, h, w, c = "vector", 1, 1, out
-        elif isinstance(op, BatchNorm):
+        elif isinstance(op, BatchNorm | Affine):
             _check_norm(op, h * w * c if mode == "flat" else c, problems)
     if mode == "flat":
         problems.append("the head ends in a flatten, without a dense layer after it")

@@ -21,16 +21,21 @@ from .shapes import block_plan
 from .tensor import Tensor
 
 
-def flipped(original: SourceGraph, converted: FCN) -> bool:
+def flipped(original: SourceGraph | FCN, converted: FCN) -> bool:
     """Whether the converted network takes its input channels in the other order (`--rgb` /
     `--bgr`): the original is then fed the same images with their channels flipped, which is
     what proves the flip."""
-    theirs, ours = original.input.channel_order, converted.info.channel_order
+    theirs = (
+        original.input.channel_order
+        if isinstance(original, SourceGraph)
+        else original.info.channel_order
+    )
+    ours = converted.info.channel_order
     return "unknown" not in (theirs, ours) and theirs != ours
 
 
 def pool5s(
-    original: SourceGraph, converted: FCN, inputs: Sequence[np.ndarray]
+    original: SourceGraph | FCN, converted: FCN, inputs: Sequence[np.ndarray]
 ) -> tuple[bool, list[tuple[np.ndarray, np.ndarray]]]:
     """Whether the trunks are shared, and both networks' pool5 for each input.
 
@@ -40,14 +45,37 @@ def pool5s(
     later passes fit in them).
     """
     flip = flipped(original, converted)
-    original, converted = _trunk_in_memory(original), _fcn_trunk_in_memory(converted)
-    shared = not flip and identical(original, converted)
+    converted = _fcn_trunk_in_memory(converted)
+    if isinstance(original, FCN):
+        original = _fcn_trunk_in_memory(original)
+        shared = not flip and _same_trunks(original, converted)
+    else:
+        original = _trunk_in_memory(original)
+        shared = not flip and identical(original, converted)
     scratch = forward.Scratch()
     out = []
     for x in inputs:
-        pool5 = referee.pool5(original, x[..., ::-1] if flip else x, scratch)
+        y = x[..., ::-1] if flip else x
+        if isinstance(original, FCN):
+            pool5 = forward.trunk(original, np.ascontiguousarray(y), scratch)
+        else:
+            pool5 = referee.pool5(original, y, scratch)
         out.append((pool5, pool5 if shared else forward.trunk(converted, x, scratch)))
     return shared, out
+
+
+def _same_trunks(a: FCN, b: FCN) -> bool:
+    """Two converted networks' trunks: the same plan, ReLUs and tensors bit for bit."""
+    return (
+        a.plan == b.plan
+        and len(a.trunk) == len(b.trunk)
+        and all(
+            x.relu == y.relu
+            and same_bits(x.kernel.read(), y.kernel.read())
+            and same_bits(x.bias.read(), y.bias.read())
+            for x, y in zip(a.trunk, b.trunk, strict=True)
+        )
+    )
 
 
 def identical(original: SourceGraph, converted: FCN) -> bool:

@@ -18,7 +18,7 @@ KERAS_MEMBERS = {"config.json", "model.weights.h5"}
 @contextlib.contextmanager
 def open(path: str) -> Iterator[SourceGraph | FCN]:  # noqa: A001 (the reader contract's name)
     """The network in a zip archive, open for the `with` block."""
-    if _is_keras(path):
+    if is_keras(path):
         from . import keras_archive
 
         with keras_archive.open(path) as network:
@@ -33,7 +33,7 @@ def open(path: str) -> Iterator[SourceGraph | FCN]:  # noqa: A001 (the reader co
     yield state_dict.from_torch(tensors, path, "pytorch-zip")
 
 
-def _is_keras(path: str) -> bool:
+def is_keras(path: str) -> bool:
     """Whether the central directory names a Keras archive's member (the Keras reader says
     which one is missing; a corrupt archive is left for the PyTorch reader to describe)."""
     try:

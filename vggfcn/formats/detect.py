@@ -14,11 +14,12 @@ ZIP_MAGIC = b"PK\x03\x04"
 #: The first bytes of every .npy file (numpy `lib/format.py`, MAGIC_PREFIX).
 NPY_MAGIC = b"\x93NUMPY"
 LFS_POINTER = b"version https://git-lfs"
-#: How every ONNX file vggfcn writes begins (`onnx_file`): ModelProto's `ir_version` (key 0x08,
-#: a one-byte varint), then `producer_name` "vggfcn" (key 0x12, length 6). No safetensors
-#: (bytes 4..7 of its length are 0), HDF5, zip or npy file starts so, nor another producer's ONNX
-#: model or a caffemodel (whose field 1 is a string, key 0x0a).
-ONNX_HEAD = re.compile(rb"\x08[\x01-\x7f]\x12\x06vggfcn")
+#: How an ONNX model begins: ModelProto's `ir_version` (key 0x08, a one-byte varint: IR versions
+#: are small), then another of its fields — producer_name 0x12, producer_version 0x1a, domain
+#: 0x22, model_version 0x28, doc_string 0x32, graph 0x3a, opset_import 0x42 — as every
+#: serialiser writes fields in number order. No HDF5, zip or npy file starts so, nor a
+#: caffemodel (whose field 1 is a string, key 0x0a); safetensors files are told first.
+ONNX_HEAD = re.compile(rb"\x08[\x01-\x7f][\x12\x1a\x22\x28\x32\x3a\x42]")
 #: The safetensors library refuses headers above 100 MB; so do we.
 SAFETENSORS_MAX_HEADER = 100_000_000
 
@@ -41,7 +42,10 @@ def probe(path: str) -> Probe:
     if not os.path.exists(path):
         raise FormatError(f"{path}: no such file")
     if os.path.isdir(path):
-        raise FormatError(f"{path}: is a directory, expected a checkpoint file")
+        raise FormatError(
+            f"{path}: is a directory, expected a checkpoint file (or a KerasHub preset: its "
+            "task.json, config.json, metadata.json and weights)"
+        )
     try:
         with open(path, "rb") as f:
             head = f.read(64)
@@ -78,7 +82,7 @@ def is_safetensors(p: Probe) -> bool:
 
 
 def is_onnx(p: Probe) -> bool:
-    """An ONNX model written by vggfcn (we read back only our own; see `ONNX_HEAD`)."""
+    """An ONNX model, whoever wrote it (see `ONNX_HEAD`)."""
     return ONNX_HEAD.match(p.head) is not None
 
 

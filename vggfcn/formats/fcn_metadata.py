@@ -4,17 +4,20 @@ safetensors stores it as `__metadata__`, ONNX as `metadata_props`, our `.keras` 
 in `metadata.json`: the same flat str -> str map (`metadata`), read back the same way (`info`).
 It says what the file is (`format`, `format_version`, how it is stored), where the network came
 from (the source's format, base name and SHA-256 — never an absolute path, so the same input and
-options give the same bytes anywhere) and how to feed it (input size, channel order,
-preprocessing), so that a converted file can be trusted and reused without its source.
+options give the same bytes anywhere), how to feed it (input size, channel order,
+preprocessing) and at which output stride it runs, so that a converted file can be trusted and
+reused without its source.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from .. import reduce
 from ..arch import MIN_INPUT
+from ..choices import OUTPUT_STRIDES
 from ..errors import FormatError
 from ..fcn import FCN, FCNInfo, Storage
 from ..graph import SOFTMAX_APPLIED, ChannelOrder, OutputActivation, Preprocessing
@@ -40,7 +43,12 @@ class PendingMetadata:
 
 
 def metadata(fcn: FCN, source_name: str, source_sha256: str, storage: Storage) -> dict[str, str]:
-    """The metadata of `fcn` stored as `storage` (its layout, names and dtype are recorded)."""
+    """The metadata of `fcn` stored as `storage` (its layout, names and dtype are recorded).
+
+    `output_stride` is recorded when it is 16 or 8 (`atrous`): at 32, the classifier's own, it
+    is left out, as every file written before it existed leaves it out, so that a stride-32
+    file is the same bytes as it always was.
+    """
     info = fcn.info
     return {
         "format": FORMAT,
@@ -61,6 +69,7 @@ def metadata(fcn: FCN, source_name: str, source_sha256: str, storage: Storage) -
         "source_softmax": SOFTMAX_APPLIED[info.output_activation],
         "source_output_activation": info.output_activation,
         "source_batch_norm": info.batch_norm,
+        **({"output_stride": str(info.output_stride)} if info.output_stride != 32 else {}),
         **(
             {"use_ssd": reduce.SSD, "use_deeplab_largefov": reduce.DEEPLAB_LARGEFOV}
             if info.head == "reduced"
@@ -93,11 +102,16 @@ def info(path: str, meta: Mapping[str, str], storage: Storage) -> FCNInfo:
     file's reader has established from the file itself).
 
     A file written before `input_size` or `source_output_activation` existed has the stock
-    224x224 input and says only whether a softmax followed.
+    224x224 input and says only whether a softmax followed; one without `output_stride` runs
+    at 32.
 
     Raises:
-        FormatError: an `input_size` that is not H,W.
+        FormatError: an `input_size` that is not H,W; an `output_stride` other than 32, 16 or
+            8, or other than 32 for a reduced head.
     """
+    head: Literal["classifier", "reduced"] = (
+        "reduced" if meta.get("head") == "reduced" else "classifier"
+    )
     return FCNInfo(
         path=path,
         source_format=meta.get("source_format", "unknown"),
@@ -107,7 +121,10 @@ def info(path: str, meta: Mapping[str, str], storage: Storage) -> FCNInfo:
         preprocessing=_choice(meta, "preprocessing", ("caffe", "torch")),  # type: ignore[arg-type]
         batch_norm=meta.get("source_batch_norm", "none"),
         storage=storage,
-        head="reduced" if meta.get("head") == "reduced" else "classifier",
+        head=head,
+        source_file=meta.get("source_file", ""),
+        source_sha256=meta.get("source_sha256", ""),
+        output_stride=_output_stride(meta, head, path),
     )
 
 
@@ -119,6 +136,18 @@ def _size(meta: Mapping[str, str], path: str) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) < 1 << 20 for p in parts):
         raise FormatError(f"{path}: input_size {text!r} is not H,W")
     return int(parts[0]), int(parts[1])
+
+
+def _output_stride(meta: Mapping[str, str], head: str, path: str) -> int:
+    """The recorded output stride: exactly one `atrous` makes, spelled as `metadata` spells it
+    (a reduced head is a dilated construction of its own, at 32 only)."""
+    text = meta.get("output_stride", "32")
+    strides = OUTPUT_STRIDES if head == "classifier" else (32,)
+    if text not in map(str, strides):
+        raise FormatError(
+            f"{path}: output_stride {text!r}; a {head} head runs at {', '.join(map(str, strides))}"
+        )
+    return int(text)
 
 
 def _output(meta: Mapping[str, str]) -> OutputActivation:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import io
 import json
 import os
@@ -25,11 +26,11 @@ from typing import BinaryIO
 from ..errors import FormatError
 from ..fcn import FCN
 from ..graph import SourceGraph
-from . import fcn_metadata, keras_fcn
+from . import fcn_metadata, keras_fcn, keras_hub
 from .detect import HDF5_MAGIC
 from .hdf5_fileobj import FileWindow
 from .keras_config import CONFIG_MAX_BYTES, parse_config
-from .keras_h5 import Maps, open_file, read_keras3
+from .keras_h5 import Maps, named_weights, open_file, placed_weights, read_keras3
 from .pickle_scan import printable
 from .zip_io import ZIP_ERRORS, data_start, inflate_to, read_member, vetted_members
 
@@ -81,8 +82,16 @@ def open(path: str) -> Iterator[SourceGraph | FCN]:  # noqa: A001 (the reader co
             return io.BufferedReader(FileWindow(maps.path, start, length))
 
         with open_file(path, opener) as f:
-            graph = read_keras3(f, path, maps, config, "keras-archive")
-            yield graph if ours is None else keras_fcn.read_back(graph, ours, path)
+            if keras_hub.is_task(config):  # KerasHub's: arguments, not a layer list
+                named = named_weights(f, path, maps)
+                preprocessing = keras_hub.converter(config)
+                yield keras_hub.graph(config, named, path, "keras-archive", preprocessing)
+                return
+            if ours is not None:  # ours: its config is read by the module that wrote it
+                placed = functools.partial(placed_weights, f, path, maps, config)
+                yield keras_fcn.read(config, placed, ours, path)
+                return
+            yield read_keras3(f, path, maps, config, "keras-archive")
 
 
 def _our_metadata(

@@ -260,6 +260,27 @@ def _keras3_weights_only(f: h5py.File, path: str, maps: Maps, format: str) -> So
     return _graph(ops_from_weights(layers, head, path), path, format, "keras3-weights")
 
 
+def named_weights(f: h5py.File, path: str, maps: Maps) -> dict[str, list[Tensor]]:
+    """Every layer's variables in a Keras 3 weights file, under the layer's own name (each
+    `vars` group's `name` attribute), nested models walked: what a reader that knows its
+    layers by name (KerasHub's task) looks its weights up in.
+
+    Raises:
+        FormatError: two layers of one name, or a corrupt file.
+    """
+    found: dict[str, list[Tensor]] = {}
+    try:
+        for key, vars_group in _keras3_groups(_group(f, "layers", path), path, ()):
+            name = _decode(vars_group.attrs.get("name", key[-1]))
+            if name in found:
+                raise FormatError(f"{path}: two layers named {name!r} hold weights")
+            datasets = [_dataset(vars_group, str(i), path) for i in range(len(vars_group))]
+            found[name] = [_tensor(d, path, maps) for d in datasets]
+    except _H5PY_ERRORS as e:
+        raise FormatError(f"{path}: corrupt HDF5 file ({first_line(e)})") from None
+    return found
+
+
 def _keras3_groups(
     top: h5py.Group, path: str, at: tuple[str, ...]
 ) -> Iterator[tuple[tuple[str, ...], h5py.Group]]:
@@ -275,23 +296,39 @@ def _keras3_groups(
 def _keras3_with_config(
     f: h5py.File, path: str, maps: Maps, config: dict[str, Any], format: str
 ) -> SourceGraph:
-    """Keras 3 weights placed by their config: each model names its layers' groups by class
-    (`conv2d`, `conv2d_1`, ...) in the order of its layer list, as Keras' saving does."""
+    """Keras 3 weights placed by their config (`placed_weights`), its layers checked first."""
     configured = config_layers(config, path)
-    tensors: dict[str, list[Tensor]] = {}
-    for layer, group_path in _keras3_paths(config, path):
-        vars_group = _group(f, f"{group_path}/vars", path)
-        recorded = vars_group.attrs.get("name")
-        if recorded is not None and _decode(recorded) != layer:
-            raise FormatError(
-                f"{path}: /{group_path} holds the weights of {_decode(recorded)!r}, but the "
-                f"config puts {layer!r} there (config and weights disagree)"
-            )
-        datasets = [_dataset(vars_group, str(i), path) for i in range(len(vars_group))]
-        tensors[layer] = [_tensor(d, path, maps) for d in datasets]
-    layers = _attach(configured, tensors, path)
+    layers = _attach(configured, placed_weights(f, path, maps, config), path)
     model = ops_from_config(layers, input_size(configured, path), path)
     return _graph(model, path, format, "keras3")
+
+
+def placed_weights(
+    f: h5py.File, path: str, maps: Maps, config: dict[str, Any]
+) -> dict[str, list[Tensor]]:
+    """Every layer's variables from where Keras 3 loads them: each model names its layers'
+    groups by class (`conv2d`, `conv2d_1`, ...) in the order of its layer list, as Keras'
+    saving does. The config's layers must be objects with a class and a name (its reader
+    checks them first).
+
+    Raises:
+        FormatError: a group that records another layer's name, or a corrupt file.
+    """
+    tensors: dict[str, list[Tensor]] = {}
+    try:
+        for layer, group_path in _keras3_paths(config, path):
+            vars_group = _group(f, f"{group_path}/vars", path)
+            recorded = vars_group.attrs.get("name")
+            if recorded is not None and _decode(recorded) != layer:
+                raise FormatError(
+                    f"{path}: /{group_path} holds the weights of {_decode(recorded)!r}, but "
+                    f"the config puts {layer!r} there (config and weights disagree)"
+                )
+            datasets = [_dataset(vars_group, str(i), path) for i in range(len(vars_group))]
+            tensors[layer] = [_tensor(d, path, maps) for d in datasets]
+    except _H5PY_ERRORS as e:
+        raise FormatError(f"{path}: corrupt HDF5 file ({first_line(e)})") from None
+    return tensors
 
 
 def _keras3_paths(model: dict[str, Any], path: str, at: str = "") -> Iterator[tuple[str, str]]:

@@ -7,11 +7,15 @@ source's digest is known.
 
 The graph (opset 17, IR version 8, NCHW): `input` (N, C, H, W) -> per trunk conv a 3x3 `Conv`
 and its `Relu`, a `MaxPool` after each block -> head `Conv`s ("valid"), each with a `Relu` where
-the layer has one -> `logits` (N, classes, h, w). Kernels are OIHW, as ONNX's Conv wants. Which
-op each layer becomes, with which attributes, is `nodes` and nowhere else: the writer emits it
-and the reader checks a file against it. Names follow the source's layers (`layer_names`).
-The network's structure is read back from the graph itself, the rest from `metadata_props`
-(`fcn_metadata`).
+the layer has one -> `logits` (N, classes, h, w). Kernels are OIHW, as ONNX's Conv wants. At
+output stride 16 and 8 (`atrous`) the ops carry their attributes: a Conv's and a MaxPool's
+`dilations`, a MaxPool's `strides`; `dilations` is written only where it is not 1, so a
+stride-32 graph is the same bytes as before the attribute existed. Which op each layer becomes,
+with which attributes, is `nodes` and nowhere else: the writer emits it and the reader checks a
+file against it. Names follow the source's layers (`layer_names`). The network's structure is
+read back from the graph itself, the ops' attributes included (what they compute, whatever
+stride `metadata_props` records: `verify` holds the two together), the rest from
+`metadata_props` (`fcn_metadata`).
 """
 
 from __future__ import annotations
@@ -26,15 +30,15 @@ from typing import BinaryIO
 from .. import __version__
 from ..arch import conv_names, name_of
 from ..errors import ArchitectureError, FormatError
-from ..fcn import FCN, ConvLayer, Storage, check_shapes, head_name
+from ..fcn import FCN, ConvLayer, Pool, Storage, check_shapes, head_name
 from ..layouts import permutation
 from ..precision import F32
 from ..tensor import Tensor
 from . import fcn_metadata, onnx_proto
 from .blocks import write_tensor
+from .job import Job
 from .names import unique_names
-from .onnx_proto import Model, Node, ints
-from .outputs import Job
+from .onnx_proto import Attribute, Model, Node, ints
 from .protobuf import LEN, bytes_field, int_field, key, varint
 
 IR_VERSION = 8  # the IR of ONNX 1.12, which introduced opset 17
@@ -76,8 +80,10 @@ def _pool_name(block: int) -> str:
 def nodes(fcn: FCN, names: list[str]) -> tuple[list[Node], list[tuple[str, Tensor]]]:
     """The graph of `fcn`: its nodes in order, chained by their outputs, and its initializers
     (name, OIHW tensor). The one place that says which op each layer becomes, with which
-    attributes: trunk convs pad by 1 ("same" 3x3), head convs by 0 ("valid"), every stride 1;
-    each block ends in a 2x2 stride-2 MaxPool. The last node's output is `logits`.
+    attributes: trunk convs "same" (pads dilation * (k // 2)), head convs "valid" (pads 0),
+    every conv stride 1, its `dilations` where the layer has one; each block ends in a 2x2
+    MaxPool with its pool's `strides` and `dilations` (`FCN.block_pools`). The last node's
+    output is `logits`.
     """
     graph: list[Node] = []
     initializers: list[tuple[str, Tensor]] = []
@@ -86,10 +92,11 @@ def nodes(fcn: FCN, names: list[str]) -> tuple[list[Node], list[tuple[str, Tenso
     for i, (layer, name) in enumerate(zip(fcn.layers, names, strict=True)):
         kernel = layer.kernel.permute(layer.kernel.shape, permutation("HWIO", "OIHW"))
         initializers += [(f"{name}_weight", kernel), (f"{name}_bias", layer.bias)]
-        pad = 1 if i < len(fcn.trunk) else 0
-        attributes = {
+        same = i < len(fcn.trunk)
+        pad = [layer.dilation * (k // 2) if same else 0 for k in kernel.shape[2:]]
+        attributes = _dilations(layer.dilation) | {
             "kernel_shape": ints("kernel_shape", kernel.shape[2:]),
-            "pads": ints("pads", [pad] * 4),
+            "pads": ints("pads", pad * 2),  # begins (rows, columns), then ends
             "strides": ints("strides", [1, 1]),
         }
         graph.append(
@@ -98,10 +105,11 @@ def nodes(fcn: FCN, names: list[str]) -> tuple[list[Node], list[tuple[str, Tenso
         if layer.relu:
             graph.append(Node(f"{name}_relu", "Relu", (graph[-1].name,), (f"{name}_relu",)))
         if i + 1 in pools:
-            pool = _pool_name(pools[i + 1])
-            attributes = {
+            block = pools[i + 1]
+            pool, kind = _pool_name(block), fcn.block_pools[block - 1]
+            attributes = _dilations(kind.dilation) | {
                 "kernel_shape": ints("kernel_shape", [2, 2]),
-                "strides": ints("strides", [2, 2]),
+                "strides": ints("strides", [kind.stride] * 2),
             }
             graph.append(Node(pool, "MaxPool", (graph[-1].name,), (pool,), attributes))
         value = graph[-1].name
@@ -110,8 +118,13 @@ def nodes(fcn: FCN, names: list[str]) -> tuple[list[Node], list[tuple[str, Tenso
     return graph, initializers
 
 
+def _dilations(dilation: int) -> dict[str, Attribute]:
+    """A node's `dilations`, left out where it is ONNX's default, 1 (as before it was written)."""
+    return {"dilations": ints("dilations", [dilation] * 2)} if dilation > 1 else {}
+
+
 def write(f: BinaryIO, job: Job) -> None:
-    """`outputs.Writer.write`: the network as one ONNX model, float32 OIHW, one weight block at
+    """`job.Writer.write`: the network as one ONNX model, float32 OIHW, one weight block at
     a time; `metadata_props` (sorted) last, once `metadata.final()` is known."""
     fcn = job.fcn
     graph, initializers = nodes(fcn, layer_names(fcn))
@@ -183,10 +196,15 @@ def read(model: Model) -> FCN:
         weight, bias = _weights(path, node, tensors)
         own = names[i] if i < len(names) else head_name(i - len(names))
         hwio = weight.permute(weight.shape, permutation("OIHW", "HWIO"))
-        layers.append(ConvLayer(own, hwio, bias, relu, node.name))
+        layers.append(ConvLayer(own, hwio, bias, relu, node.name, _first(node, "dilations")))
+    pools = tuple(
+        Pool(_first(node, "strides"), _first(node, "dilations"))
+        for node in graph.nodes
+        if node.op == "MaxPool"
+    )
     storage = Storage("onnx", "OIHW", "source", "float32")
     info = fcn_metadata.info(path, model.metadata, storage)
-    fcn = FCN(plan, tuple(layers[: len(names)]), tuple(layers[len(names) :]), info)
+    fcn = FCN(plan, tuple(layers[: len(names)]), tuple(layers[len(names) :]), info, pools)
     check_shapes(fcn)
     expected, _ = nodes(fcn, [node.name for node, _ in convs])
     for found, want in zip(graph.nodes, expected, strict=True):
@@ -263,6 +281,16 @@ def _weights(path: str, node: Node, tensors: dict[str, Tensor]) -> tuple[Tensor,
             f"expected bias ({weight.shape[0]},)"
         )
     return weight, bias
+
+
+def _first(node: Node, name: str) -> int:
+    """The value of a node's `strides` or `dilations` as `nodes` writes it, [n, n]: n, or 1 when
+    the attribute is absent or n is not a positive int. The node is then rebuilt from it and
+    compared with the file's (`read`): anything `nodes` would not write is refused there."""
+    attribute = node.attributes.get(name)
+    if attribute is None or attribute.type != onnx_proto.ATTR_INTS or not attribute.value:
+        return 1
+    return max(int(attribute.value[0]), 1)
 
 
 def _shown(node: Node) -> str:

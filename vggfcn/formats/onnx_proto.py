@@ -59,7 +59,7 @@ DATA_TYPES: dict[int, np.dtype[Any]] = {
     10: np.dtype("<f2"),
     11: np.dtype("<f8"),
 }
-FLOAT, INT64 = 1, 7
+FLOAT, INT64, DOUBLE = 1, 7, 11
 #: AttributeProto.AttributeType codes.
 ATTR_FLOAT, ATTR_INT, ATTR_STRING, ATTR_TENSOR, ATTR_FLOATS, ATTR_INTS = 1, 2, 3, 4, 6, 7
 #: Elements a typed (non-raw) array may hold: shapes and small constants, never weights.
@@ -273,7 +273,8 @@ def _initializer(wire: Wire, message: Message) -> Initializer:
     if message.last(14) == 1 or message.has(13):
         raise wire.error(
             f"tensor {name!r} keeps its data in another file (external data); refused: vggfcn "
-            "never opens a path a model names (re-save with the data inside the model)"
+            "never opens a path a model names. Save the model whole: torch.onnx.export(..., "
+            "external_data=False), or onnx.save(onnx.load(path), new_path)"
         )
     elsewhere = [what for number, what in _ELSEWHERE.items() if message.has(number)]
     if elsewhere:
@@ -288,6 +289,11 @@ def _initializer(wire: Wire, message: Message) -> Initializer:
         raise wire.error(f"tensor {name!r} holds its data in more than one field")
     if raw:
         return Initializer(name, dims, data_type, raw[0], None)
+    packed = message.spans.get(typed[0], []) if typed else []
+    if typed and (typed[0], data_type) in ((4, FLOAT), (10, DOUBLE)) and len(packed) == 1:
+        # packed float_data (MXNet's exports) is little-endian floats in one run, like
+        # raw_data: read in place, however large
+        return Initializer(name, dims, data_type, packed[0], None, _TYPED[typed[0]])
     if not typed:
         return Initializer(name, dims, data_type, None, np.zeros(0, np.int64), "no data field")
     values = _typed(wire, message, typed[0], name)

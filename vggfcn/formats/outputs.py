@@ -1,6 +1,6 @@
 """The files `convert` writes: one registry of outputs, mirroring the readers' (`READERS`).
 
-Each output is a module of `formats` with one contract (`Writer`), registered once in `OUTPUTS`
+Each output is a module of `formats` with one contract (`job.Writer`), registered once in `OUTPUTS`
 with its extension and what it can carry — kernel layouts, name schemes, dtypes, heads — so
 that `api` and the command line ask the registry and restate nothing: which format a path
 means, whether an option suits it, what a file written in it holds (`Storage`), and how to
@@ -12,49 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, cast
 
 from ..choices import DTYPES, LAYOUTS, NAME_SCHEMES
-from ..errors import FormatError, VggfcnError
+from ..errors import FormatError, OutputError, VggfcnError
 from ..fcn import FCN, Storage
-from .fcn_metadata import PendingMetadata
-
-
-@dataclass(frozen=True)
-class Job:
-    """Everything a writer needs to write one file.
-
-    Attributes:
-        fcn: the network.
-        storage: what to write (validated by `Output.storage`).
-        metadata: the file's metadata; `final()` waits for the source's digest, so a writer
-            asks for it only once its weights are out.
-        progress: called with the number of float32 weight bytes after each block.
-        allow_nonfinite: write NaN/Inf weights instead of refusing them.
-    """
-
-    fcn: FCN
-    storage: Storage
-    metadata: PendingMetadata
-    progress: Callable[[int], object] = lambda _n: None
-    allow_nonfinite: bool = False
-
-
-class Writer(Protocol):
-    """What every output module provides."""
-
-    def write(self, f: BinaryIO, job: Job) -> None:
-        """Stream `job.fcn` into `f` as `job.storage` says, one weight block at a time.
-
-        Args:
-            f: a binary file on disk, open for writing at 0, seekable (`atomic_write` gives one).
-
-        Raises:
-            FormatError: a weight holds NaN or Inf (unless allowed), naming it and the count.
-            OutputError: the network does not fit the format.
-        """
+from .job import Job, Writer
 
 
 @dataclass(frozen=True)
@@ -64,7 +30,7 @@ class Output:
     Attributes:
         name: as `--to` and metadata spell it ("onnx").
         extension: what a path ending in it means (".onnx").
-        module: the module of `formats` that writes it (`Writer`).
+        module: the module of `formats` that writes it (`job.Writer`).
         what: the kind of file, for messages ("a runnable ONNX model").
         layouts, names, dtypes: what it can store (`Storage`), its default first.
         heads: the heads it can hold: "classifier", and "reduced" (SSD/DeepLab, `reduce`).
@@ -143,7 +109,7 @@ OUTPUTS = (
         "safetensors",
         ".safetensors",
         "safetensors_fcn",
-        "weights",
+        "a safetensors file of weights",
         tuple(layout.upper() for layout in LAYOUTS),
         NAME_SCHEMES,
         DTYPES,
@@ -185,4 +151,33 @@ def output_for(path: str, to: str | None = None) -> Output:
         if to not in BY_NAME:
             raise VggfcnError(f"--to {to}: expected one of {', '.join(BY_NAME)}")
         return BY_NAME[to]
-    return next((o for o in OUTPUTS if path.lower().endswith(o.extension)), OUTPUTS[0])
+    found = next((o for o in OUTPUTS if path.lower().endswith(o.extension)), None)
+    if found is None:
+        extensions = ", ".join(o.extension for o in OUTPUTS)
+        raise VggfcnError(
+            f"{path}: vggfcn writes {extensions} files; name OUTPUT with one of these "
+            "extensions, or choose the format with --to"
+        )
+    return found
+
+
+def check_replaceable(path: str, output: Output) -> None:
+    """Refuse to replace, even with --force, a checkpoint of another kind than `output` whose
+    name does not say `output` either: SOURCE and OUTPUT swapped (`convert mine.pth
+    victim.h5 --to safetensors`) must not destroy a model.
+
+    Raises:
+        OutputError: naming the file, what it holds and what would have replaced it.
+    """
+    from . import archive, reader_of  # the readers' registry and the zip archives' kinds
+
+    found = reader_of(path) if os.path.isfile(path) else None
+    if found is None or path.lower().endswith(output.extension):
+        return
+    same = found.output == output.name and (output.name != "keras" or archive.is_keras(path))
+    if same:
+        return
+    raise OutputError(
+        f"{path}: is a {found.name} checkpoint; vggfcn does not replace it with "
+        f"{output.what}, even with --force (SOURCE and OUTPUT swapped?); choose another OUTPUT"
+    )

@@ -10,6 +10,9 @@ conv7 `33` (pool5 is 30, the ReLUs between).
 Layouts: `hwio` (Keras, TensorFlow, JAX) or `oihw` (`nn.Conv2d`); dtypes float32, float16,
 bfloat16. `__metadata__` says which, plus where the network came from and how to feed it
 (`fcn_metadata`).
+Output stride: the weights are the same numbers at 32, 16 and 8 (`atrous`), so the file holds
+them once and `__metadata__` records the stride; the reader rebuilds the ops' attributes (pools,
+dilations) from it, and the network it gives runs at that stride.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from ..arch import conv_names, feature_indices, name_of, plan_with
+from ..atrous import atrous
 from ..choices import LAYOUTS, NAME_SCHEMES
-from ..errors import ArchitectureError, FormatError, VggfcnError
-from ..fcn import FCN, ConvLayer, Storage, check_shapes, head_name
+from ..errors import ArchitectureError, FormatError, OutputError, VggfcnError
+from ..fcn import FCN, ConvLayer, Pool, Storage, check_shapes, head_name
 from ..layouts import permutation
 from ..tensor import Tensor
 from . import fcn_metadata, safetensors_io
+from .job import Job
 from .names import check_names
-from .outputs import Job
 
 _PARTS = {"vggfcn": ("kernel", "bias"), "torch": ("weight", "bias"), "ssd": ("weight", "bias")}
 _TRUNK = {
@@ -80,9 +84,15 @@ def named_tensors(fcn: FCN, layout: str = "HWIO", scheme: str = "vggfcn") -> dic
 
 
 def write(f: BinaryIO, job: Job) -> None:
-    """`outputs.Writer.write`: the network's tensors under the storage's names and layout, in
+    """`job.Writer.write`: the network's tensors under the storage's names and layout, in
     its dtype; the header is written with the draft metadata and rewritten, in place, with the
-    final one once the data is out."""
+    final one once the data is out.
+
+    Raises:
+        OutputError: the network's pools and dilations are not `atrous`'s at the stride it
+            records, which is all the file can say of them.
+    """
+    _check_attributes(job.fcn)
     storage = job.storage
     safetensors_io.write(
         f,
@@ -102,8 +112,24 @@ def open(path: str) -> Iterator[FCN]:  # noqa: A001 (the reader contract's name)
     yield read(path, tensors, meta)
 
 
+def _check_attributes(fcn: FCN) -> None:
+    """Refuse a network whose ops `read` would not rebuild: one read faithfully from an edited
+    ONNX or Keras file may carry pools and dilations of no output stride."""
+    stride = fcn.info.output_stride
+    if _attributes(fcn) != _attributes(atrous(fcn, stride)):
+        raise OutputError(
+            f"{fcn.path}: its pools and dilations are not those of output stride {stride}, and "
+            "a safetensors file records only the stride; write it as .onnx or .keras"
+        )
+
+
+def _attributes(fcn: FCN) -> tuple[tuple[Pool, ...], tuple[int, ...]]:
+    return fcn.block_pools, tuple(layer.dilation for layer in fcn.layers)
+
+
 def read(path: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> FCN:
-    """The network in a file written by `vggfcn convert`, any layout and name scheme.
+    """The network in a file written by `vggfcn convert`, any layout and name scheme, at the
+    output stride it records (`atrous`: the same weights, dilated).
 
     A file without `head_activations`, `input_size` or `source_output_activation` (written
     before they existed) has the stock head: ReLU after every head layer but the last, 224x224.
@@ -169,7 +195,7 @@ def read(path: str, tensors: dict[str, Tensor], meta: dict[str, str]) -> FCN:
     storage = Storage("safetensors", layout.upper(), scheme, _dtype(tensors))
     fcn = FCN(plan, trunk_layers, head_layers, fcn_metadata.info(path, meta, storage))
     check_shapes(fcn)
-    return fcn
+    return atrous(fcn, fcn.info.output_stride)
 
 
 def _float(tensor: Tensor) -> Tensor:

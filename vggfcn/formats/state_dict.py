@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> Sour
         FormatError: not a VGG state dict we know, or two VGG trunks under different prefixes.
         ArchitectureError: missing, unexpected or mis-shaped tensors (all listed at once).
     """
-    tensors = _unprefixed(_without_bookkeeping(tensors), path)
+    tensors, prefix, others = _unprefixed(_without_bookkeeping(tensors), path)
     names = set(tensors)
     if any(n.startswith("pre_logits.") for n in names):
         generation = "timm"
@@ -107,12 +108,21 @@ def from_torch(tensors: Mapping[str, Tensor], path: str, container: str) -> Sour
     )
     head = _timm_head(tensors) if generation == "timm" else _torchvision_head(tensors, linears)
     assumed = (_ASSUMED,) if generation == "torchvision" and len(linears) > 1 else ()
+    notes: tuple[str, ...] = ()
+    if prefix:  # the file's own names are shown: with the prefix the network was read under
+        ignored = f"; {others} other tensor(s) beside it ignored" if others else ""
+        notes = (f"every VGG key is under {prefix!r} (a wrapper's prefix){ignored}",)
     return SourceGraph(
-        ops=tuple(trunk + head),
+        ops=tuple(_named(op, prefix) for op in trunk + head),
         input=InputSpec(channel_order="rgb", preprocessing="torch"),
         output_activation="linear",
         provenance=Provenance(
-            path=path, format=container, generation=generation, recorded=False, assumed=assumed
+            path=path,
+            format=container,
+            generation=generation,
+            notes=notes,
+            recorded=False,
+            assumed=assumed,
         ),
     )
 
@@ -153,6 +163,13 @@ def from_tensorflow_vgg(layers: Mapping[str, list[Tensor]], path: str) -> Source
     )
 
 
+def _named(op: Op, prefix: str) -> Op:
+    """`op` under its name in the file: the wrapper's prefix before the module's own name
+    (torch's `torch.flatten` and modules assumed between layers are no keys of the file)."""
+    own = not isinstance(op, Flatten) and "(assumed)" not in op.name
+    return replace(op, name=prefix + op.name) if prefix and own else op
+
+
 def _without_bookkeeping(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Drop integer bookkeeping (BatchNorm's `num_batches_tracked`): counters, not weights."""
     return {
@@ -162,8 +179,9 @@ def _without_bookkeeping(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
-def _unprefixed(tensors: dict[str, Tensor], path: str) -> dict[str, Tensor]:
-    """The VGG's tensors with their common prefix (`module.`, `model.`, ...) removed.
+def _unprefixed(tensors: dict[str, Tensor], path: str) -> tuple[dict[str, Tensor], str, int]:
+    """The VGG's tensors with their common prefix (`module.`, `model.`, ...) removed, the
+    prefix, and how many tensors lie outside it.
 
     Tensors outside that prefix belong to something else the checkpoint saved (a loss's class
     weights, an EMA copy under another name...) and are left out.
@@ -177,10 +195,9 @@ def _unprefixed(tensors: dict[str, Tensor], path: str) -> dict[str, Tensor]:
         raise FormatError(
             f"{path}: holds VGG trunks under several prefixes ({shown}); expected one network"
         )
-    if not prefixes:
-        return tensors
-    prefix = prefixes.pop()
-    return {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+    prefix = prefixes.pop() if prefixes else ""
+    inside = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+    return inside, prefix, len(tensors) - len(inside)
 
 
 def _classifier(names: set[str], path: str) -> tuple[list[str], list[str]]:
@@ -209,15 +226,25 @@ def _classifier(names: set[str], path: str) -> tuple[list[str], list[str]]:
 
 def _torchvision_head(tensors: Mapping[str, Tensor], layers: list[str]) -> list[Op]:
     """Flatten (C, H, W), then each Linear; a BatchNorm1d right after one is its own op, and
-    ReLU + Dropout sit between Linear layers, as torchvision builds them."""
+    ReLU + Dropout sit between Linear layers, as torchvision builds them.
+
+    The ReLU and Dropout have no weights, so no names in the file: where the indices leave
+    exactly their room (classifier.0, [BatchNorm1d .1,] ReLU, Dropout, classifier.3 or .4) they
+    get the indices torch gives them; elsewhere their names say they were assumed.
+    """
     ops: list[Op] = [Flatten("flatten", "CHW")]
     for i, name in enumerate(layers):
         ops.append(Dense(name, _float(tensors, f"{name}.weight"), _optional(tensors, name), "OI"))
-        norm_name = f"classifier.{_index(name) + 1}"
-        if f"{norm_name}.running_mean" in tensors:
-            ops.append(_torch_norm(tensors, norm_name))
+        after = _index(name) + 1
+        if f"classifier.{after}.running_mean" in tensors:
+            ops.append(_torch_norm(tensors, f"classifier.{after}"))
+            after += 1
         if i + 1 < len(layers):
-            ops += [Activation(f"{name}.relu", "relu", fused=True), Dropout(f"{name}.dropout")]
+            if _index(layers[i + 1]) == after + 2:
+                relu, dropout = f"classifier.{after}", f"classifier.{after + 1}"
+            else:
+                relu, dropout = f"{name} relu (assumed)", f"{name} dropout (assumed)"
+            ops += [Activation(relu, "relu", fused=True), Dropout(dropout)]
     return ops
 
 

@@ -45,6 +45,7 @@ from .detect import ZIP_MAGIC
 from .pickle_scan import RestrictedUnpickler, scan_pickle, unpickle
 from .pickle_scan import printable as _printable
 from .pickle_scan import show as _show
+from .region import FileRegion
 from .zip_io import ZIP_ERRORS, data_start, read_member, vetted_members
 
 #: The pickle of a state dict is a few bytes per tensor; anything larger is not a state dict.
@@ -89,19 +90,24 @@ class _Storage(NamedTuple):
     type: _StorageType
 
 
+#: A tensor as this reader hands it out.
+Stored = np.ndarray | FileRegion | BFloat16Source
+
+
 class _Unreadable(NamedTuple):
     """A tensor we will not hand out; refused, naming it, if it is in the returned state dict."""
 
     reason: str
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray | BFloat16Source]:
+def read_state_dict(path: str) -> dict[str, Stored]:
     """Read a `torch.save` checkpoint's tensors as memory-mapped arrays, executing nothing.
 
     Args:
         path: a zip checkpoint written by `torch.save` (torch >= 1.6), e.g. `vgg16-397923af.pth`.
     Returns:
-        tensor name -> read-only array viewing the file (its base is an `np.memmap`), in file
+        tensor name -> the tensor: a region of the file mapped when read (`FileRegion`; a
+        strided view of a storage: an array over a map of it), in file
         order, with the tensor's dtype, shape and strides (OIHW conv kernels stay OIHW).
     Raises:
         FormatError: not a torch zip checkpoint, the legacy format, a corrupt or truncated
@@ -122,13 +128,13 @@ def read_state_dict(path: str) -> dict[str, np.ndarray | BFloat16Source]:
 
 @dataclass(frozen=True)
 class _Archive:
-    """The zip's members and a read-only map of its bytes: what storage references resolve to."""
+    """The zip's members: what storage references resolve to."""
 
     path: str
     members: dict[str, zipfile.ZipInfo]
     prefix: str  # "<archive>/"
     byteorder: Literal["<", ">"]
-    buffer: np.memmap
+    size: int
 
     def storage(self, key: str, stype: _StorageType, numel: int) -> _Storage:
         """Locate `<archive>/data/<key>` and check it holds `numel` elements of `stype`."""
@@ -149,10 +155,14 @@ class _Archive:
                 f"{self.path}: member {shown} holds {info.file_size} bytes, but its {numel} "
                 f"{stype.name} elements need {need}"
             )
-        start = data_start(
-            self.path, info, lambda at, n: self.buffer[at : at + n].tobytes(), len(self.buffer)
-        )
+        start = data_start(self.path, info, self._read, self.size)
         return _Storage(shown, start, numel, stype)
+
+    def _read(self, offset: int, count: int) -> bytes:
+        """`count` bytes at `offset` of the archive (a local header, its name)."""
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return f.read(count)
 
     def view(
         self,
@@ -161,8 +171,10 @@ class _Archive:
         offset: int,
         shape: tuple[int, ...],
         strides: tuple[int, ...],
-    ) -> np.ndarray:
-        """The tensor as a strided view of the map, after checking it stays inside its storage."""
+    ) -> np.ndarray | FileRegion:
+        """The tensor, after checking it stays inside its storage: a region of the file mapped
+        when read (a tensor is its storage's bytes in C order, as state dicts hold them), or,
+        for a strided view of its storage, a view of a map of just that storage."""
         if 0 in shape:
             last, fits = offset, offset <= storage.numel
         else:
@@ -174,11 +186,16 @@ class _Archive:
                 f"element {last} of member {storage.member}, which holds {storage.numel}"
             )
         dtype = element.newbyteorder(self.byteorder)
+        contiguous = tuple(int(np.prod(shape[i + 1 :], dtype=np.int64)) for i in range(len(shape)))
+        if tuple(strides) == contiguous or 0 in shape:
+            return FileRegion(self.path, storage.start + offset * dtype.itemsize, shape, dtype)
+        nbytes = storage.numel * dtype.itemsize
+        whole = FileRegion(self.path, storage.start, (nbytes,), np.dtype(np.uint8))[()]
         return np.ndarray(
             shape,
             dtype,
-            buffer=self.buffer,
-            offset=storage.start + offset * dtype.itemsize,
+            buffer=whole,
+            offset=offset * dtype.itemsize,
             strides=tuple(s * dtype.itemsize for s in strides),
         )
 
@@ -231,7 +248,7 @@ class _Unpickler(RestrictedUnpickler):
         requires_grad: Any = False,
         backward_hooks: Any = None,
         metadata: Any = None,
-    ) -> np.ndarray | BFloat16Source | _Unreadable:
+    ) -> Stored | _Unreadable:
         """torch's tensor constructor, as a view of the file; grad flags and hooks are dropped."""
         shape, strides = _dims(size), _dims(stride)
         if not (
@@ -250,11 +267,9 @@ class _Unpickler(RestrictedUnpickler):
         view = self._archive.view(storage, storage.type.dtype, storage_offset, shape, strides)
         return BFloat16Source(view) if storage.type.bfloat16 else view
 
-    def _rebuild_parameter(
-        self, data: Any, *_flags: Any
-    ) -> np.ndarray | BFloat16Source | _Unreadable:
+    def _rebuild_parameter(self, data: Any, *_flags: Any) -> Stored | _Unreadable:
         """nn.Parameter: the tensor itself (requires_grad and hooks do not matter here)."""
-        if not isinstance(data, np.ndarray | BFloat16Source | _Unreadable):
+        if not isinstance(data, Stored | _Unreadable):
             raise FormatError(f"{self._path}: data.pkl wraps a non-tensor in a Parameter")
         return data
 
@@ -289,7 +304,6 @@ def _open_archive(path: str) -> tuple[_Archive, bytes]:
             pickled = read_member(path, z, members[prefix + "data.pkl"], PICKLE_MAX_BYTES)
             order = members.get(prefix + "byteorder")
             byteorder = read_member(path, z, order, PICKLE_MAX_BYTES) if order else b"little"
-        buffer = np.memmap(path, dtype=np.uint8, mode="r")
     except FormatError:
         raise
     except ZIP_ERRORS as e:
@@ -298,7 +312,7 @@ def _open_archive(path: str) -> tuple[_Archive, bytes]:
         raise FormatError(
             f"{path}: member {prefix}byteorder says {byteorder[:20]!r}, expected little or big"
         )
-    return _Archive(path, members, prefix, "<" if byteorder == b"little" else ">", buffer), pickled
+    return _Archive(path, members, prefix, "<" if byteorder == b"little" else ">", size), pickled
 
 
 def _prefix(path: str, members: dict[str, zipfile.ZipInfo]) -> str:
@@ -318,7 +332,8 @@ def _prefix(path: str, members: dict[str, zipfile.ZipInfo]) -> str:
 def _state_dict(path: str, top: Any) -> dict[Any, Any]:
     """The state dict itself, or the one a training checkpoint wraps under "state_dict"/"model"."""
     if not isinstance(top, dict):
-        what = "a single tensor" if isinstance(top, np.ndarray) else f"a {type(top).__name__}"
+        single = isinstance(top, np.ndarray | FileRegion | BFloat16Source)
+        what = "a single tensor" if single else f"a {type(top).__name__}"
         raise FormatError(f"{path}: the checkpoint holds {what}, expected a state dict")
     for key in ("state_dict", "model_state_dict", "model", "net"):
         inner = top.get(key)
@@ -327,11 +342,11 @@ def _state_dict(path: str, top: Any) -> dict[Any, Any]:
     return top
 
 
-def _tensors(path: str, state: dict[Any, Any]) -> dict[str, np.ndarray | BFloat16Source]:
+def _tensors(path: str, state: dict[Any, Any]) -> dict[str, Stored]:
     """Name -> array for every tensor value; other values are skipped, unreadable ones refused."""
-    arrays: dict[str, np.ndarray | BFloat16Source] = {}
+    arrays: dict[str, Stored] = {}
     for name, value in state.items():
-        if not isinstance(value, np.ndarray | BFloat16Source | _Unreadable):
+        if not isinstance(value, Stored | _Unreadable):
             continue
         if type(name) is not str:
             raise FormatError(f"{path}: a tensor is stored under {_show(name)}, not a string name")

@@ -1,35 +1,50 @@
-"""Files that are not what a converter can read: not checkpoints, truncated, misnamed, hostile
-(pickles that run code, HDF5 that points elsewhere), absurd extents, malformed safetensors.
+"""Files a converter must refuse, whatever their format, as the command line meets them: not
+checkpoints, truncated, hostile (pickles that run code, HDF5 that points elsewhere), absurd
+extents, malformed safetensors, weights that are not finite floats; and what must still convert
+(misleading names, layers listed out of order).
 
-The contract for a user-caused failure: exit code 2 (1 only for a verification mismatch), one
-line on stderr naming the file and the problem, nothing on stdout, no traceback, no output
-file created or changed, no `.OUTPUT.*.vggfcn-tmp` left, and never code from the input run.
+Every refusal is held to the one contract (`helpers.assert_refused`): exit code 2 (1 only for a
+verification mismatch), one line on stderr naming the file and the problem, nothing on stdout, no
+traceback, no output file created or changed, no `.OUTPUT.*.vggfcn-tmp` left, and never code from
+the input run. What one reader or one check refuses is tested with it: test_shapes.py,
+test_state_dict.py, test_keras_config.py, test_keras_model.py, test_keras_archive.py,
+test_keras_h5.py, test_torch_zip.py, test_npy_file.py, test_caffe.py, test_onnx.py.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import struct
 import subprocess
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
+from click.testing import CliRunner
 
-from tests.conftest import TF_NAMES, fc6_bytes, header_cut, tiny_arch
+import vggfcn.convert
+import vggfcn.formats
+from fixtures.generate import TINY, make_weights
 from tests.helpers import (
     FC1,
+    FC2,
+    TF_NAMES,
     Evil,
     assert_refused,
     converts_and_verifies,
     copy,
+    corrupt_global_heap,
     edited_h5,
     mkdir,
     refuse_everywhere,
@@ -37,10 +52,15 @@ from tests.helpers import (
     run,
     temps,
     tensors,
+    tiny_arch,
     write,
 )
 from vggfcn import api
+from vggfcn.cli import main
+from vggfcn.errors import ArchitectureError
 from vggfcn.synthetic import random_layers
+from vggfcn.tensor import Tensor
+from vggfcn.verify import verify
 
 # ------------------------------------------------------------ not a checkpoint
 
@@ -81,6 +101,7 @@ def test_not_a_checkpoint(tmp_path: Path, case: str, keras1: Path) -> None:
 
 # ------------------------------------------------------------ truncated files
 
+
 KINDS = (
     "keras1",
     "keras3-weights",
@@ -89,6 +110,22 @@ KINDS = (
     "tensorflow-vgg.npy",
     "fcn.safetensors",
 )
+
+
+def fc6_bytes(kind: str, state: dict[str, torch.Tensor], fcn: Path) -> bytes:
+    """The bytes of the largest tensor (fc6's kernel) as the file of `kind` stores them."""
+    if kind.startswith("keras") or kind == "tensorflow-vgg.npy":
+        return dict(make_weights(TINY))["fc1"][0].tobytes()
+    if kind.startswith("torchvision"):
+        return state["classifier.0.weight"].numpy().tobytes()
+    return safetensors.numpy.load_file(str(fcn))["fc6.kernel"].tobytes()
+
+
+def header_cut(kind: str, data: bytes) -> int:
+    """A length that ends the file inside its header."""
+    if kind.endswith(".safetensors"):
+        return 8 + int.from_bytes(data[:8], "little") // 2
+    return {"keras1": 64, "keras3-weights": 64, "torchvision.pth": 20}.get(kind, 30)
 
 
 @pytest.mark.parametrize("where", ["header", "tensor"])
@@ -113,7 +150,7 @@ def test_truncated_file_is_refused(
     refuse_everywhere(source, original=original)
 
 
-# ------------------------------------------------------------ detection by content
+# ------------------------------------------------------------ what must still convert
 
 
 @pytest.mark.parametrize(
@@ -135,6 +172,31 @@ def test_misleading_extension_still_converts(
     assert tensors(out).keys() == tensors(reference).keys()
     for key, value in tensors(reference).items():
         np.testing.assert_array_equal(tensors(out)[key], value)
+
+
+def test_layers_out_of_order_in_the_file_listing(
+    keras1: Path, state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    """Groups listed in reverse (creation order tracked), state dict keys reversed: both work,
+    and give the same tensors as the ordered files."""
+    reordered = tmp_path / "reversed.h5"
+    with h5py.File(keras1) as src, h5py.File(reordered, "w", track_order=True) as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for name in reversed(list(src)):
+            src.copy(src[name], dst, name)
+    with h5py.File(reordered) as f:
+        assert list(f)[0] == "predictions"
+    reversed_pth = tmp_path / "reversed.pth"
+    torch.save(dict(reversed(list(state.items()))), reversed_pth)
+    ordered_pth = tmp_path / "ordered.pth"
+    torch.save(state, ordered_pth)
+    for source, reference in ((reordered, keras1), (reversed_pth, ordered_pth)):
+        out = converts_and_verifies(source, tmp_path)
+        expected = tmp_path / f"{source.name}.reference.safetensors"
+        api.convert_file(str(reference), str(expected))
+        for key, value in tensors(expected).items():
+            np.testing.assert_array_equal(tensors(out)[key], value)
 
 
 # ------------------------------------------------------------ pickles
@@ -181,6 +243,25 @@ def test_npy_with_a_malicious_object_payload_is_refused_and_never_runs(
     assert not marker.exists()
     np.load(source, allow_pickle=True)  # the control: numpy's own loader runs it
     assert marker.exists()
+
+
+def test_malicious_pth_is_refused_from_the_cli_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps({"features.0.weight": Evil(marker)}, protocol=2))
+        z.writestr("evil/version", "3\n")
+    out = tmp_path / "out.safetensors"
+    result = CliRunner().invoke(main, ["convert", str(path), str(out)])
+    assert result.exit_code == 2
+    assert "refused to unpickle global" in result.stderr and "system" in result.stderr
+    assert not marker.exists() and not out.exists()
+
+
+def test_whole_pickled_module_is_refused(torch_model: torch.nn.Module, tmp_path: Path) -> None:
+    torch.save(torch_model, tmp_path / "module.pth")
+    result = CliRunner().invoke(main, ["inspect", "--json", str(tmp_path / "module.pth")])
+    assert result.exit_code == 2 and "refused to unpickle global" in result.stderr
 
 
 # ------------------------------------------------------------ HDF5 pointing elsewhere
@@ -278,21 +359,12 @@ def test_dataset_declared_but_never_stored(keras1: Path, tmp_path: Path) -> None
     refuse_everywhere(source, re.escape(FC1))
 
 
-def _corrupt_global_heap(source: Path, target: Path, size: int) -> Path:
-    """Keras 3 stores each layer's `name` attribute in the global heap; lie about its size."""
-    data = bytearray(source.read_bytes())
-    at = data.find(b"GCOL")
-    assert at > 0
-    struct.pack_into("<Q", data, at + 8, size)
-    return write(target, bytes(data))
-
-
 @pytest.mark.parametrize("size", [0x2000, 2**32], ids=["inside-file", "beyond-file"])
 def test_corrupt_hdf5_global_heap_is_refused_promptly(
     tiny_files: dict[str, Path], tmp_path: Path, size: int
 ) -> None:
     """In a real process: HDF5 can spin forever on this file, and only a clock can tell."""
-    source = _corrupt_global_heap(tiny_files["keras3-weights"], tmp_path / "heap.weights.h5", size)
+    source = corrupt_global_heap(tiny_files["keras3-weights"], tmp_path / "heap.weights.h5", size)
     out = tmp_path / "out.safetensors"
     for args in (["convert", source, out], ["inspect", source]):
         with subprocess.Popen(
@@ -371,3 +443,104 @@ def test_oversized_safetensors_header(
     header, body = _safetensors_parts(sources["torchvision.safetensors"])
     source = _safetensors(tmp_path / "huge-header.safetensors", json.dumps(header), body, length)
     refuse_everywhere(source)
+
+
+# ------------------------------------------------------------ weights not finite floats
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "bool", "uint8"])
+def test_non_float_weights_are_refused_naming_tensor_and_dtype(
+    keras1: Path, tmp_path: Path, dtype: str
+) -> None:
+    source = edited_h5(
+        keras1,
+        tmp_path / f"{dtype}.h5",
+        lambda f: replace_dataset(f, FC2, f[FC2][()].astype(dtype)),
+    )
+    refuse_everywhere(source, re.escape(FC2.split("/")[1]), dtype)
+
+
+@pytest.mark.parametrize(
+    "name", ["fc2/fc2_W_1:0", "block2_conv1/block2_conv1_b_1:0"], ids=["fc7", "conv"]
+)
+def test_nonfinite_weights_refused_by_default_allowed_by_flag(
+    keras1: Path, tmp_path: Path, name: str
+) -> None:
+    def poison(f: h5py.File) -> None:
+        data = f[name][()]
+        flat = data.reshape(-1)
+        flat[[0, 3]] = np.nan
+        flat[1] = np.inf
+        flat[-1] = -np.inf
+        flat[2] = np.nan
+        f[name][...] = data
+
+    source = edited_h5(keras1, tmp_path / "nan.h5", poison)
+    out = tmp_path / "out.safetensors"
+    assert_refused(
+        run("convert", source, out),
+        source,
+        re.escape(name.split("/")[1]),
+        r"\b5 NaN/Inf",
+        "--allow-nonfinite",
+        out=out,
+    )
+    result = run("convert", "--allow-nonfinite", source, out)
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(source) as f:
+        expected = f[name][()].reshape(-1)
+    layer = {"fc2": "fc7.kernel", "block2_conv1": "block2_conv1.bias"}[name.split("/")[0]]
+    got = tensors(out)[layer].reshape(-1)
+    np.testing.assert_array_equal(got, expected)  # NaNs compare equal in assert_array_equal
+
+
+def test_finite_weights_that_overflow_the_forward_pass_give_no_traceback(
+    keras1: Path, tmp_path: Path
+) -> None:
+    """A weight of 3e38 is finite, so it converts; its activations overflow float32. `verify` and
+    `convert --verify` must still answer by the contract: pass, or exit 2 with one stderr line
+    (no traceback, no NumPy RuntimeWarnings: a real process, where warnings reach stderr)."""
+
+    def inflate(f: h5py.File) -> None:
+        name = "block1_conv1/block1_conv1_W_1:0"
+        data = f[name][()]
+        data[0, 0, 0, :] = 3e38
+        f[name][...] = data
+
+    source = edited_h5(keras1, tmp_path / "huge.h5", inflate)
+    out = tmp_path / "huge.safetensors"
+    checked = tmp_path / "checked.safetensors"
+    for args in (
+        ["convert", source, out],
+        ["verify", source, out],
+        ["convert", "--verify", source, checked],
+    ):
+        if args[0] == "verify" and not out.exists():
+            continue  # convert refused it: nothing to verify
+        done = subprocess.run(
+            [sys.executable, "-m", "vggfcn", *map(str, args)], capture_output=True, text=True
+        )
+        assert done.returncode in (0, 2), (args, done.returncode, done.stderr)
+        if done.returncode == 0:
+            assert done.stderr == "", (args, done.stderr)
+        else:
+            lines = done.stderr.splitlines()
+            assert len(lines) == 1 and str(source) in lines[0], (args, done.stderr)
+    assert temps(tmp_path) == []
+
+
+def test_verify_api_on_overflowing_weights_refuses_without_numpy_warnings(
+    keras1: Path, tmp_path: Path
+) -> None:
+    """The same through the Python API, where no CLI silences anything: one clear error, and no
+    RuntimeWarning on the way (they are errors here)."""
+    with vggfcn.formats.load(str(keras1)) as original:
+        first = original.ops[0]
+        kernel = first.kernel.read().copy()
+        kernel[0, 0, 0, :] = 3e38
+        huge = Tensor.wrap(kernel, "<huge>")
+        inflated = replace(original, ops=(replace(first, kernel=huge), *original.ops[1:]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ArchitectureError, match="not finite"):
+                verify(inflated, vggfcn.convert.to_fcn(inflated))
