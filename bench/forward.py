@@ -67,7 +67,9 @@ def torch_pass(graph: SourceGraph, fcn: FCN, x: np.ndarray) -> Callable[[], obje
     def oihw(kernel: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(kernel).permute(3, 2, 0, 1).contiguous()
 
-    trunk = [(oihw(t.kernel.read()), torch.from_numpy(t.bias.read()), t.dilation) for t in fcn.trunk]
+    trunk = [
+        (oihw(t.kernel.read()), torch.from_numpy(t.bias.read()), t.dilation) for t in fcn.trunk
+    ]
     pools = dict(zip(np.cumsum(fcn.plan) - 1, fcn.block_pools, strict=True))
     dense = x.shape[1] == 224 and fcn.plain
     head = [

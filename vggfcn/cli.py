@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -34,9 +34,7 @@ from .choices import (
 from .errors import AssumptionWarning, MismatchError, Note, ProvenanceWarning, VggfcnError
 
 if TYPE_CHECKING:
-    from .dense import PredictResult
-    from .reduced_check import ReducedResult
-    from .verify import StrideCheck, VerifyResult
+    pass
 
 
 class ExitCode(IntEnum):
@@ -156,14 +154,6 @@ _input_size = click.option(
 )
 
 
-#: How to get the other common kernel layout, said after a safetensors file's storage: the
-#: default suits Keras, TensorFlow and JAX; PyTorch's `nn.Conv2d` wants OIHW.
-_OTHER_LAYOUT = {
-    ("safetensors", "HWIO", "vggfcn"): " (for PyTorch nn.Conv2d: --layout oihw --names torch)",
-    ("safetensors", "OIHW", "torch"): " (for Keras, TensorFlow, JAX: the default, HWIO)",
-}
-
-
 def _emit(command: str, **fields: Any) -> None:
     """A command's --json output: one object on stdout in the vocabulary of docs/json.md."""
     click.echo(json.dumps({"command": command, **fields}))
@@ -281,8 +271,7 @@ def convert(
       vggfcn convert vgg16-397923af.pth vgg16.fcn.safetensors --layout oihw --names torch
       vggfcn convert finetuned.keras finetuned.fcn.onnx
     """
-    from . import api
-    from .verify import VerifyResult
+    from . import api, texts
 
     if rgb and bgr:
         raise VggfcnError("--rgb and --bgr exclude each other: give the one order OUTPUT takes")
@@ -306,27 +295,7 @@ def convert(
     if as_json:
         _emit("convert", source=source, **asdict(result), assumptions=_notes(AssumptionWarning))
     elif not quiet:
-        what = "fully convolutional" if result.head == "classifier" else "reduced backbone"
-        if result.output_stride != STRIDE:
-            what += f" at output stride {result.output_stride}"
-        first = "fc6" if result.head == "classifier" else "conv6"
-        outputs = "classes" if result.head == "classifier" else "output channels"
-        click.echo(
-            f"wrote {result.output}: {result.arch} {what}, {result.classes} {outputs}, "
-            f"{result.parameters:,} parameters, {first} as {result.fc6_shape} {result.layout}"
-        )
-        click.echo(
-            f"  {result.format}: {result.layout} kernels, {result.names} names, {result.dtype}"
-            + _OTHER_LAYOUT.get((result.format, result.layout, result.names), "")
-        )
-        check = result.verification
-        if isinstance(check, VerifyResult):
-            click.echo(
-                f"verified before publishing: max scaled error {check.max_scaled_error:.1e}, "
-                f"{len(check.spatial)} spatial check(s) passed"
-            )
-        elif check is not None:
-            click.echo("verified before publishing: trunk bit-identical, every kept value equal")
+        click.echo("\n".join(texts.convert_lines(result)))
 
 
 @main.command(short_help="Prove a converted network computes what its original does.")
@@ -396,7 +365,7 @@ def verify(
         return
     if converted is None:
         raise click.UsageError("give both ORIGINAL and CONVERTED, or neither for the self-check")
-    from . import api
+    from . import api, texts
     from .verify import VerifyResult
 
     report = api.verify_files(
@@ -421,7 +390,9 @@ def verify(
         )
     elif not quiet:
         click.echo(
-            _format_report(report) if isinstance(report, VerifyResult) else _format_reduced(report)
+            texts.verify_text(report)
+            if isinstance(report, VerifyResult)
+            else texts.reduced_text(report)
         )
     if not report.passed:
         click.get_current_context().exit(ExitCode.MISMATCH)
@@ -506,7 +477,7 @@ def predict(
       vggfcn predict vgg16.fcn.safetensors cat.jpg --top 3
       vggfcn predict vgg16.fcn.safetensors shots/ --output-stride 8 --out maps/ --json
     """
-    from . import dense
+    from . import dense, texts
 
     paths, failed = _expand(sources, as_json, "predict")
     results = dense.predict_files(
@@ -530,8 +501,8 @@ def predict(
         weights=weights,
         quiet=quiet,
         as_json=as_json,
-        fields=lambda result: _predict_fields(result, cells_k),
-        lines=lambda result: _predict_lines(result, cells_k),
+        fields=lambda result: texts.predict_fields(result, cells_k),
+        lines=lambda result: texts.predict_lines(result, cells_k),
     )
 
 
@@ -689,56 +660,6 @@ def _report_failure(source: str, error: str, as_json: bool, command: str) -> Non
         _emit(command, input=source, error=error, exit=int(ExitCode.BAD_INPUT))
 
 
-def _predict_fields(result: PredictResult, cells: int) -> dict[str, Any]:
-    """One input's --json object (docs/json.md): the map's summary, and its cells if asked."""
-    from .predict import top_cells
-
-    fields: dict[str, Any] = {
-        "input": result.input,
-        "output": result.output,
-        "shape": list(result.scores.shape),
-        "input_shape": list(result.input_shape),
-        "preprocess": result.preprocess,
-        "output_stride": result.output_stride,
-        "top": [[asdict(peak) for peak in image] for image in result.top],
-    }
-    if cells:
-        found = top_cells(result.scores, cells, result.window, result.labels, result.output_stride)
-        fields["cells"] = [asdict(c) for c in found]
-    return fields
-
-
-def _predict_lines(result: PredictResult, cells: int) -> list[str]:
-    """One input's text summary: a line for the map, one per top class (per image of a
-    batch), and with --cells one per cell."""
-    from .predict import top_cells
-
-    n, h, w, k = result.scores.shape
-    shape = result.input_shape
-    lines = [
-        f"{result.input}: {n} input(s) {shape[1]}x{shape[2]} (preprocess {result.preprocess}) "
-        f"-> {h}x{w} map of {k} classes at stride {result.output_stride}"
-        + (f", logits written to {result.output}" if result.output else "")
-    ]
-    for image, peaks in enumerate(result.top):
-        prefix = f"  [{image}]" if n > 1 else " "
-        lines += [
-            f"{prefix} {p.index} {p.name} {p.probability:.1%} at cell ({p.cell[0]},{p.cell[1]})"
-            f" window y {p.window.top}-{p.window.bottom} x {p.window.left}-{p.window.right}"
-            for p in peaks
-        ]
-    if cells:
-        for c in top_cells(
-            result.scores, cells, result.window, result.labels, result.output_stride
-        ):
-            y0, x0, y1, x1 = c.window.top, c.window.left, c.window.bottom, c.window.right
-            guesses = "  ".join(f"{g.index} {g.name} {g.probability:.1%}" for g in c.top)
-            lines.append(
-                f"  [{c.image}] cell ({c.row},{c.col}) window y {y0}-{y1} x {x0}-{x1}: {guesses}"
-            )
-    return lines
-
-
 @main.command(short_help="Show what a checkpoint or converted file holds.")
 @click.argument("file", type=click.Path())
 @_input_size
@@ -750,59 +671,13 @@ def inspect(file: str, input_size: tuple[int, int] | None, as_json: bool) -> Non
     Example:
       vggfcn inspect vgg16.h5
     """
-    from . import api
+    from . import api, texts
 
     report = api.inspect_file(file, input_size=input_size)
     if as_json:
         _emit("inspect", **report.as_dict())
         return
-    size = report.input_size
-    shown = "x".join(map(str, size)) if size else "unknown"
-    origin = f" ({report.input_size_from})" if report.input_size_from else ""
-    stored = (
-        f"{report.layout} kernels, {report.names} names, {report.dtype}"
-        if report.layout
-        else "shapes as stored in the file (layout per layer)"
-    )
-    click.echo(
-        f"{report.file}: {report.format} ({report.generation}), {report.arch}, "
-        f"{report.head} head, {report.classes} classes, {report.parameters:,} parameters\n"
-        f"input {shown}{origin} {report.input_layout}, {report.channel_order} "
-        f"{report.preprocessing}; flatten order "
-        f"{report.flatten_order}; output activation {report.output_activation}; batch norm: "
-        f"{report.batch_norm}; {stored}"
-    )
-    for note in report.notes:
-        click.echo(f"note: {note}")
-    for line in _layer_lines(report.layers):
-        click.echo("  " + line)
-
-
-def _layer_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per layer: name, class, shape (and layout), dtype, parameters; an activation
-    that is part of the layer before it is shown on that layer's line. Columns are as wide as
-    their longest entry (a wrapped checkpoint's names are long), and never narrower than a
-    stock VGG's."""
-    shown = [r for r in rows if not (r["class"] == "Activation" and r.get("fused"))]
-    width = max([16, *(len(str(r["name"])) for r in shown)])
-    kinds = max([13, *(len(str(r["class"])) for r in shown)])
-    lines: list[str] = []
-    for row in rows:
-        if row["class"] == "Activation" and row.get("fused") and lines:
-            lines[-1] += f" +{row['kind']}"
-            continue
-        name, kind = f"{row['name']:<{width}}", f"{row['class']:<{kinds}}"
-        if "kernel_shape" in row:
-            shape = "x".join(map(str, row["kernel_shape"])) + f" {row.get('layout', '')}".rstrip()
-            activation = f" +{row['activation']}" if row.get("activation") == "relu" else ""
-            dilated = f" dilation {row['dilation']}" if row.get("dilation", 1) > 1 else ""
-            line = f"{name} {kind} {shape:<20} {row['dtype']:<8} {row['parameters']:>12,}"
-            lines.append(line + activation + dilated)
-            continue
-        skip = ("name", "class", "parameters", "fused")
-        details = ", ".join(f"{k} {v}" for k, v in row.items() if k not in skip)
-        lines.append(f"{name} {kind} {details}".rstrip())
-    return lines
+    click.echo("\n".join(texts.inspect_lines(report)))
 
 
 def _selfcheck(quiet: bool, as_json: bool) -> None:
@@ -818,72 +693,6 @@ def _selfcheck(quiet: bool, as_json: bool) -> None:
         click.echo("PASS" if passed else "FAIL")
     if not passed:
         click.get_current_context().exit(ExitCode.MISMATCH)
-
-
-def _format_report(r: VerifyResult) -> str:
-    n = r.images + r.probes
-    trunk = "bit-identical, computed once" if r.trunk_shared else "differ: each network its own"
-    h, w = r.input_size
-    return "\n".join(
-        [
-            f"{r.arch}, {r.classes} classes: {r.images} image(s) {h}x{w} + "
-            f"{r.probes} pool5 probe(s), seed {r.seed}",
-            f"  trunk weights     {trunk}",
-            f"  max abs error     {r.max_abs_error:.3e}",
-            f"  max scaled error  {r.max_scaled_error:.3e}  "
-            f"(scale max(1, max|logit|) = {r.scale:.4g})",
-            f"  top-1 agreement   {round(r.top1_agreement * n)}/{n}",
-            *(
-                [f"  top-5 agreement   {round(r.top5_agreement * n)}/{n}"]
-                if r.top5_agreement is not None
-                else []
-            ),
-            *[
-                f"  {c.size}x{c.size} map {c.map_shape[0]}x{c.map_shape[1]}    every cell vs the "
-                f"classifier on its window: max scaled error "
-                f"{c.agreement.max_scaled_error:.3e}, top-1 {c.agreement.top1_agreement:.0%}"
-                f"{'' if c.agreement.passed else '  FAIL'}"
-                for c in r.spatial
-            ],
-            *[_stride_line(c) for c in r.strided],
-            f"  tolerance         |fcn - ref| <= {r.atol:g}*scale + {r.rtol:g}*|ref| "
-            f"({r.precision} weights)",
-            f"  compared          logits (the original's output activation: {r.output_activation})",
-            "PASS" if r.passed else "FAIL: outputs differ beyond tolerance",
-        ]
-    )
-
-
-def _stride_line(c: StrideCheck) -> str:
-    """A dilated map against the original's stitched from shifted runs."""
-    (h, w), (mh, mw) = c.size, c.map_shape
-    head = f"  {h}x{w} stride {c.stride} map {mh}x{mw}"
-    if c.agreement is None:
-        eh, ew = c.expected_shape
-        return f"{head}: the original stitched at stride {c.stride} is {eh}x{ew}  FAIL"
-    return (
-        f"{head} vs the original shifted and stitched: max scaled error "
-        f"{c.agreement.max_scaled_error:.3e}, top-1 {c.agreement.top1_agreement:.0%}"
-        + ("" if c.passed else "  FAIL")
-    )
-
-
-def _format_reduced(r: ReducedResult) -> str:
-    """A reduced head is a backbone initialisation: its values are checked, not its logits."""
-    layers = [
-        f"  {c.name:<17} {c.compared:,} kept values vs the original at their index: "
-        + ("all equal" if not c.mismatched else f"{c.mismatched:,} differ  FAIL")
-        for c in r.layers
-    ]
-    trunk = "bit-identical" if r.trunk_identical else "differs  FAIL"
-    return "\n".join(
-        [
-            f"{r.arch} reduced head (a backbone initialisation: no logits are compared)",
-            f"  trunk             {trunk}",
-            *layers,
-            "PASS" if r.passed else "FAIL: the reduced head is not the original's decimation",
-        ]
-    )
 
 
 def _sizes(value: str | None) -> tuple[int, ...] | None:
