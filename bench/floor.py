@@ -4,7 +4,8 @@ Same interpreter, same imports as `vggfcn convert` (h5py, numpy), same disk work
 read from the HDF5 file in 16 MiB chunks, written once to one output file, fsynced), and no
 conversion at all. `vggfcn convert` is measured as a ratio to this, in the same run. A `.keras`
 archive's HDF5 member is read in place, through a file object over its bytes, as vggfcn does; a
-file that is not HDF5 (a `.caffemodel`, almost all weights) is copied whole, in the same chunks.
+file that is neither (a `.caffemodel`, a torch `.pth` zip, an ONNX protobuf: almost all weights)
+is copied whole, in the same chunks.
 
 Usage: python -m bench.floor IN.h5|IN.keras OUT
 """
@@ -26,12 +27,18 @@ from vggfcn.formats.zip_io import data_start
 CHUNK = 16 << 20
 
 
-def _open(source: str) -> Any:
-    """An HDF5 file, or a `.keras` archive's weights member read in place."""
+def _weights_member(source: str) -> zipfile.ZipInfo | None:
+    """A `.keras` archive's HDF5 weights member; None for any other file."""
     if not zipfile.is_zipfile(source):
-        return h5py.File(source, "r")
+        return None
     with zipfile.ZipFile(source) as z:
-        info = z.getinfo("model.weights.h5")
+        return next((i for i in z.infolist() if i.filename == "model.weights.h5"), None)
+
+
+def _open(source: str, info: zipfile.ZipInfo | None) -> Any:
+    """An HDF5 file, or a `.keras` archive's weights member read in place."""
+    if info is None:
+        return h5py.File(source, "r")
     with open(source, "rb") as f:
         size = os.fstat(f.fileno()).st_size
 
@@ -45,11 +52,12 @@ def _open(source: str) -> Any:
 
 def copy_datasets(source: str, output: str) -> int:
     """Copy the bytes of every dataset of `source` into `output`; return bytes written."""
-    if not h5py.is_hdf5(source) and not zipfile.is_zipfile(source):
+    member = _weights_member(source)
+    if member is None and not h5py.is_hdf5(source):
         return copy_file(source, output)
     datasets: list[h5py.Dataset] = []
     written = 0
-    with _open(source) as f, open(output, "wb") as out:
+    with _open(source, member) as f, open(output, "wb") as out:
         f.visititems(
             lambda _name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None
         )
